@@ -1,0 +1,118 @@
+"""The ``sluice`` command: ``serve`` and ``mock``.
+
+This is the only place that reads the process environment and ``.env``; it
+turns them into one :class:`~proxy.config.Settings` and hands that down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import PROVIDERS, ConfigError, Settings, Upstream, load_settings
+from .demo import banner
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sluice", description="Streaming reverse proxy for LLM APIs.")
+    parser.add_argument("--version", action="version", version=f"sluice {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1, or SLUICE_HOST)")
+    serve.add_argument("--port", type=int, help="port to listen on; 0 picks a free one (default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (default 1, or SLUICE_WORKERS)")
+    serve.add_argument(
+        "--env-file", type=Path, help="read settings from this file (default: ./.env if present)"
+    )
+    serve.add_argument("--mock", action="store_true", help="send every provider to the built-in mock")
+    serve.add_argument(
+        "--mock-if-unconfigured",
+        action="store_true",
+        help="use the built-in mock when no provider key is configured (what `make run` does)",
+    )
+    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+
+    mock = sub.add_parser("mock", help="run the mock provider on its own")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=9000, help="0 picks a free port (default 9000)")
+    mock.add_argument("--tokens", type=int, default=12, help="tokens per reply (default 12)")
+    mock.add_argument("--delay-ms", type=float, default=0.0, help="pause between tokens (default 0)")
+    return parser
+
+
+def read_environment(env_file: Path | None) -> dict[str, str]:
+    """``.env`` values under the real environment: a variable that is set wins, as with python-dotenv."""
+    from dotenv import dotenv_values  # only needed here, where an env file is read
+
+    path = env_file if env_file is not None else Path(".env")
+    if env_file is not None and not env_file.is_file():
+        raise ConfigError("--env-file", f"no such file: {env_file}")
+    values: dict[str, str] = {}
+    if path.is_file():
+        values.update({k: v for k, v in dotenv_values(path).items() if v is not None})
+    values.update(os.environ)
+    return values
+
+
+def _with_mock(settings: Settings, mock_url: str) -> Settings:
+    upstreams = {
+        p: Upstream(provider=p, base_url=mock_url, api_key="sluice-mock-key", key_setting=u.key_setting)
+        for p, u in settings.upstreams.items()
+    }
+    return dataclasses.replace(settings, upstreams=upstreams, mock=True)
+
+
+def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from .server import serve
+
+    settings = load_settings(
+        env, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level
+    )
+    no_keys = all(settings.upstreams[p].api_key is None for p in PROVIDERS)
+    if args.mock or (args.mock_if_unconfigured and no_keys):
+        from .mock import start_mock_in_thread
+
+        settings = _with_mock(settings, start_mock_in_thread(default_delay_ms=60.0).url)
+
+    def on_listening(url: str) -> None:
+        print(banner(settings, url), flush=True)
+
+    serve(settings, on_listening)
+    return 0
+
+
+def _mock(args: argparse.Namespace) -> int:
+    from .mock import serve_mock
+
+    def ready(url: str) -> None:
+        print(f"Sluice mock provider listening on {url}", flush=True)
+
+    serve_mock(args.host, args.port, default_tokens=args.tokens, default_delay_ms=args.delay_ms, ready=ready)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "mock":
+            return _mock(args)
+        return _serve(args, read_environment(args.env_file))
+    except ConfigError as exc:
+        print(f"sluice: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:
+        # Typically the port is taken: say so in one line.
+        print(f"sluice: cannot start: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,191 @@
+"""Settings: read once in the entry point, validated, frozen, passed down.
+
+Nothing else in Sluice reads ``os.environ``. Every value is checked here, and a
+bad one raises :class:`ConfigError` naming the setting, so start-up fails with
+one clear line instead of a traceback on the first request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit
+
+ProviderName = Literal["openai", "gemini", "anthropic"]
+PROVIDERS: tuple[ProviderName, ...] = ("openai", "gemini", "anthropic")
+
+DEFAULT_UPSTREAMS: Mapping[ProviderName, str] = {
+    "openai": "https://api.openai.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "anthropic": "https://api.anthropic.com",
+}
+
+# The environment variables that carry each provider's server-held key, in
+# order of preference. GOOGLE_API_KEY is what google-genai itself reads.
+KEY_SETTINGS: Mapping[ProviderName, tuple[str, ...]] = {
+    "openai": ("OPENAI_API_KEY",),
+    "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    "anthropic": ("ANTHROPIC_API_KEY",),
+}
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+class ConfigError(ValueError):
+    """A setting has a value Sluice cannot run with."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+        self.problem = problem
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where one provider's requests go, and the key Sluice adds to them."""
+
+    provider: ProviderName
+    base_url: str  # scheme://host[:port][/prefix], no trailing slash
+    api_key: str | None = field(repr=False)  # never printed, not even in a repr
+    key_setting: str  # the setting to name when the key is missing
+
+    @property
+    def origin(self) -> tuple[str, str, int]:
+        parts = urlsplit(self.base_url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return parts.scheme, parts.hostname or "", port
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    upstreams: Mapping[ProviderName, Upstream]
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    connect_timeout: float = 10.0
+    # Idle time allowed between two upstream reads (and before the headers).
+    # Reasoning models can think for minutes before their first token.
+    read_timeout: float = 600.0
+    pool_size: int = 4096
+    auth: Literal["on", "off"] = "on"
+    log_level: LogLevel = "info"
+    mock: bool = False
+
+
+T = TypeVar("T")
+
+
+def _parse(env: Mapping[str, str], name: str, default: T, convert: Callable[[str], T]) -> T:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return convert(raw.strip())
+    except ValueError as exc:
+        raise ConfigError(name, f"{exc} (got {raw!r})") from None
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def convert(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"must be an integer between {low} and {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be an integer between {low} and {high}")
+        return value
+
+    return convert
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def convert(raw: str) -> str:
+        value = raw.lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+
+    return convert
+
+
+def validate_base_url(raw: str) -> str:
+    """Accept ``http(s)://host[:port][/prefix]`` and nothing that could smuggle more."""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not contain user:password@")
+    if parts.query or parts.fragment or "?" in raw or "#" in raw:
+        raise ValueError("must not have a query string or fragment")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    if any(seg in (".", "..") for seg in parts.path.split("/")):
+        raise ValueError("must not contain '.' or '..' path segments")
+    return raw.rstrip("/")
+
+
+def _upstream(env: Mapping[str, str], provider: ProviderName) -> Upstream:
+    url_setting = f"SLUICE_{provider.upper()}_UPSTREAM"
+    base_url = _parse(env, url_setting, DEFAULT_UPSTREAMS[provider], validate_base_url)
+    key_names = KEY_SETTINGS[provider]
+    api_key = next((env[n].strip() for n in key_names if env.get(n, "").strip()), None)
+    return Upstream(provider=provider, base_url=base_url, api_key=api_key, key_setting=key_names[0])
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
+    """Build :class:`Settings` from an environment mapping plus CLI overrides.
+
+    ``overrides`` come from command-line flags and win over the environment;
+    ``None`` means "not given on the command line".
+    """
+    values: dict[str, object] = {
+        "upstreams": {p: _upstream(env, p) for p in PROVIDERS},
+        "host": _parse(env, "SLUICE_HOST", "127.0.0.1", str),
+        "port": _parse(env, "SLUICE_PORT", 8000, _int_between(0, 65535)),
+        "workers": _parse(env, "SLUICE_WORKERS", 1, _int_between(1, 256)),
+        "connect_timeout": _parse(env, "SLUICE_CONNECT_TIMEOUT", 10.0, _positive_float),
+        "read_timeout": _parse(env, "SLUICE_READ_TIMEOUT", 600.0, _positive_float),
+        "pool_size": _parse(env, "SLUICE_POOL_SIZE", 4096, _int_between(1, 1_000_000)),
+        "auth": _parse(env, "SLUICE_AUTH", "on", _choice("on", "off")),
+        "log_level": _parse(
+            env, "SLUICE_LOG_LEVEL", "info", _choice("critical", "error", "warning", "info", "debug")
+        ),
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    settings = Settings(**values)  # type: ignore[arg-type]
+    _check_exposure(settings)
+    return settings
+
+
+def _check_exposure(settings: Settings) -> None:
+    # Until client keys exist, anyone who can reach Sluice spends the
+    # provider keys it holds. Listening beyond loopback must be a decision.
+    if not is_loopback(settings.host) and settings.auth != "off":
+        raise ConfigError(
+            "SLUICE_HOST",
+            f"{settings.host!r} is not a loopback address and client authentication is not "
+            "available yet; set SLUICE_AUTH=off to serve it anyway",
+        )

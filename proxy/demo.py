@@ -1,0 +1,35 @@
+"""The start-up banner: where Sluice listens, where each provider goes, how to try it."""
+
+from __future__ import annotations
+
+from .config import PROVIDERS, Settings
+
+
+def banner(settings: Settings, url: str) -> str:
+    lines = [f"Sluice listening on {url} ({settings.workers} worker{'s' if settings.workers > 1 else ''})"]
+    for p in PROVIDERS:
+        up = settings.upstreams[p]
+        key = "key set" if up.api_key else f"no key: set {up.key_setting}"
+        lines.append(f"  {p:<9} → {up.base_url}  ({'mock' if settings.mock else key})")
+    if settings.mock:
+        lines.append(_try_it(url))
+    return "\n".join(lines)
+
+
+def _try_it(url: str) -> str:
+    return f"""
+No provider key is configured, so every provider is served by the built-in mock.
+Try it (any api_key works until client keys are configured):
+
+  curl -N {url}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "gpt-4o-mini", "stream": true, "messages": [{{"role": "user", "content": "Hi"}}]}}'
+
+  python - <<'PY'
+  from openai import OpenAI
+  client = OpenAI(base_url="{url}/v1", api_key="anything")
+  for chunk in client.chat.completions.create(
+          model="gpt-4o-mini", stream=True, messages=[{{"role": "user", "content": "Hi"}}]):
+      print(chunk.choices[0].delta.content or "" if chunk.choices else "", end="", flush=True)
+  print()
+  PY
+"""

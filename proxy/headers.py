@@ -1,0 +1,111 @@
+"""Header filtering in both directions.
+
+Headers are handled as ASGI-style ``(name, value)`` byte pairs with lower-case
+names, so filtering is a set lookup per header and nothing is decoded that
+does not need to be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies meet.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+    }
+)
+
+# Everything a client may authenticate with. None of it goes upstream: the
+# upstream sees only the key Sluice holds.
+CLIENT_CREDENTIALS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key", b"cookie"})
+
+# Facts about the client's hop, not the upstream's: the provider has no need
+# for internal addresses, and aiohttp writes Host itself. Content-Length is
+# kept: aiohttp sends a streamed body with it (not chunked) when it is given.
+CLIENT_HOP = frozenset(
+    {
+        b"host",
+        b"expect",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-forwarded-port",
+        b"x-real-ip",
+        b"via",
+    }
+)
+
+# Response headers that describe the upstream's hop. uvicorn writes its own
+# Date; Set-Cookie belongs to Sluice's session with the provider, not to the
+# client (and would leak between users); Alt-Svc advertises the provider's
+# HTTP/3 endpoint, which is not where the client is talking.
+UPSTREAM_HOP = frozenset({b"server", b"date", b"set-cookie", b"alt-svc"})
+
+_REQUEST_DROP = HOP_BY_HOP | CLIENT_CREDENTIALS | CLIENT_HOP
+_RESPONSE_DROP = HOP_BY_HOP | UPSTREAM_HOP
+
+SSE_EXTRA: Headers = [(b"x-accel-buffering", b"no")]
+
+
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Header names listed in ``Connection``: they are hop-by-hop too (RFC 9110 §7.6.1)."""
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return frozenset(tokens)
+
+
+def upstream_request_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    """Client headers minus hop-by-hop, credentials and client-hop facts.
+
+    Returned as ``str`` pairs for aiohttp. Header values are latin-1 on the
+    wire, and decoding as latin-1 round-trips every byte.
+    """
+    headers = list(headers)
+    drop = _REQUEST_DROP | _connection_tokens(headers)
+    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers if n not in drop]
+
+
+def client_response_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[Headers, bool]:
+    """Upstream headers as the client should see them, and whether the body is an event stream.
+
+    ``raw_headers`` are aiohttp's ``ClientResponse.raw_headers``: names as the
+    upstream cased them, so they are lower-cased here as ASGI requires.
+    """
+    pairs = [(n.lower(), v) for n, v in raw_headers]
+    drop = _RESPONSE_DROP | _connection_tokens(pairs)
+    out = [(n, v) for n, v in pairs if n not in drop]
+    is_sse = False
+    has_cache_control = False
+    for name, value in out:
+        if name == b"content-type" and value.lower().startswith(b"text/event-stream"):
+            is_sse = True
+        elif name == b"cache-control":
+            has_cache_control = True
+    if is_sse:
+        # nginx buffers proxied responses unless told otherwise, and an
+        # intermediary cache must never replay one generation to someone else.
+        out.extend(SSE_EXTRA)
+        if not has_cache_control:
+            out.append((b"cache-control", b"no-cache"))
+    return out, is_sse
+
+
+def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for n, v in headers:
+        if n == name:
+            return v
+    return None

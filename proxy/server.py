@@ -1,0 +1,67 @@
+"""Running the app under uvicorn, with one worker or several."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from uvicorn.config import LOGGING_CONFIG
+from uvicorn.supervisors import Multiprocess
+
+from .app import create_app
+from .config import Settings
+from .protocol import StrictHttpToolsProtocol
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before starting uvicorn so port 0 works and the banner can print the real port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host.strip("[]"), port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging set-up, plus Sluice's own loggers on the same handler."""
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["sluice"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
+
+
+def uvicorn_config(settings: Settings) -> uvicorn.Config:
+    # A partial of a module-level function pickles, so the settings object
+    # reaches spawned worker processes as it is, without re-reading anything.
+    return uvicorn.Config(
+        app=functools.partial(create_app, settings),
+        factory=True,
+        http=StrictHttpToolsProtocol,
+        loop="uvloop",
+        lifespan="on",
+        workers=settings.workers,
+        # uvicorn's access log prints query strings, and Gemini clients may put
+        # their key in `?key=`. Sluice writes its own log lines.
+        access_log=False,
+        server_header=False,
+        log_config=logging_config(settings.log_level),
+        log_level=settings.log_level,
+    )
+
+
+def serve(settings: Settings, on_listening: Callable[[str], None]) -> None:
+    """Serve until SIGINT/SIGTERM. ``on_listening`` gets the base URL once the socket is bound."""
+    sock = bind_socket(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    shown_host = f"[{host}]" if ":" in host else host
+    config = uvicorn_config(settings)
+    on_listening(f"http://{shown_host}:{port}")
+    if settings.workers > 1:
+        Multiprocess(config, sockets=[sock]).run()
+    else:
+        uvicorn.Server(config).run(sockets=[sock])
