@@ -1,0 +1,1 @@
+"""Sluice test suite: unit tests beside integration tests against real servers on loopback."""

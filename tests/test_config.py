@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy.cli import read_environment
+from proxy.config import ConfigError, load_settings
+from tests.conftest import clean_env
+
+
+def test_defaults() -> None:
+    s = load_settings({})
+    assert (s.host, s.port, s.workers) == ("127.0.0.1", 8000, 1)
+    assert s.upstreams["openai"].base_url == "https://api.openai.com"
+    assert s.upstreams["gemini"].base_url == "https://generativelanguage.googleapis.com"
+    assert s.upstreams["anthropic"].base_url == "https://api.anthropic.com"
+    assert all(u.api_key is None for u in s.upstreams.values())
+
+
+def test_keys_and_upstreams() -> None:
+    s = load_settings(
+        {
+            "OPENAI_API_KEY": " sk-o ",
+            "GOOGLE_API_KEY": "g-fallback",
+            "ANTHROPIC_API_KEY": "sk-a",
+            "SLUICE_OPENAI_UPSTREAM": "http://127.0.0.1:9000/openai/",
+        }
+    )
+    assert s.upstreams["openai"].api_key == "sk-o"
+    assert s.upstreams["openai"].base_url == "http://127.0.0.1:9000/openai"
+    assert s.upstreams["gemini"].api_key == "g-fallback"
+    assert s.upstreams["anthropic"].api_key == "sk-a"
+
+
+def test_gemini_key_wins_over_google_key() -> None:
+    s = load_settings({"GEMINI_API_KEY": "gem", "GOOGLE_API_KEY": "goo"})
+    assert s.upstreams["gemini"].api_key == "gem"
+
+
+def test_keys_never_appear_in_repr() -> None:
+    s = load_settings({"OPENAI_API_KEY": "sk-secret-value"})
+    assert "sk-secret-value" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SLUICE_PORT", "eighty"),
+        ("SLUICE_PORT", "70000"),
+        ("SLUICE_WORKERS", "0"),
+        ("SLUICE_CONNECT_TIMEOUT", "-1"),
+        ("SLUICE_READ_TIMEOUT", "nan"),
+        ("SLUICE_POOL_SIZE", "0"),
+        ("SLUICE_LOG_LEVEL", "loud"),
+        ("SLUICE_AUTH", "maybe"),
+        ("SLUICE_OPENAI_UPSTREAM", "ftp://example.com"),
+        ("SLUICE_GEMINI_UPSTREAM", "http://user:pw@example.com"),
+        ("SLUICE_ANTHROPIC_UPSTREAM", "http://example.com/?x=1"),
+        ("SLUICE_OPENAI_UPSTREAM", "http://example.com:99999"),
+        ("SLUICE_OPENAI_UPSTREAM", "http:///nohost"),
+        ("SLUICE_OPENAI_UPSTREAM", "http://example.com/a/../b"),
+    ],
+)
+def test_bad_values_name_the_setting(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({name: value})
+    assert info.value.setting == name
+    assert str(info.value).startswith(f"{name}: ")
+
+
+def test_non_loopback_needs_an_explicit_decision() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"SLUICE_HOST": "0.0.0.0"})
+    assert info.value.setting == "SLUICE_HOST"
+    assert load_settings({"SLUICE_HOST": "0.0.0.0", "SLUICE_AUTH": "off"}).host == "0.0.0.0"
+    assert load_settings({}, host="::1").host == "::1"
+
+
+def test_cli_flags_override_environment() -> None:
+    s = load_settings({"SLUICE_PORT": "9001"}, port=9002, host=None)
+    assert s.port == 9002
+
+
+def test_env_file_is_read_under_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env_file = tmp_path / "sluice.env"
+    env_file.write_text("SLUICE_PORT=9100\nOPENAI_API_KEY=from-file\n")
+    monkeypatch.setenv("OPENAI_API_KEY", "from-env")
+    values = read_environment(env_file)
+    assert values["SLUICE_PORT"] == "9100"
+    assert values["OPENAI_API_KEY"] == "from-env"  # a variable that is set wins
+
+
+def _run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        capture_output=True,
+        text=True,
+        env=clean_env(**env),
+        timeout=30,
+    )
+
+
+def test_bad_setting_stops_startup_with_one_line_and_exit_2() -> None:
+    result = _run_cli("serve", "--port", "0", SLUICE_READ_TIMEOUT="soon")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "SLUICE_READ_TIMEOUT" in lines[0]
+
+
+def test_missing_env_file_is_a_config_error(tmp_path: Path) -> None:
+    result = _run_cli("serve", "--env-file", str(tmp_path / "absent.env"))
+    assert result.returncode == 2
+    assert "--env-file" in result.stderr
+
+
+def test_port_in_use_is_one_line() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = _run_cli("serve", "--port", str(taken.getsockname()[1]))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
