@@ -9,7 +9,11 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 ARGS   ?=
 
-.PHONY: run test lint typecheck unit clean
+.PHONY: run test lint typecheck unit clean system-deps
+
+# Debian packages the integration tests run for real (a Redis server; later
+# nginx). Installed when missing; the tests fail rather than skip under CI.
+SYSTEM_PACKAGES := redis-server
 
 # Runtime dependencies only.
 $(VENV)/.run-installed: pyproject.toml
@@ -31,13 +35,23 @@ run: $(VENV)/.run-installed
 	$(BIN)/sluice serve --host $(HOST) --port $(PORT) --mock-if-unconfigured $(ARGS)
 
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check proxy tests
-	$(BIN)/ruff format --check proxy tests
+	$(BIN)/ruff check proxy tests examples bench
+	$(BIN)/ruff format --check proxy tests examples bench
 
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy
 
-unit: $(VENV)/.test-installed
+system-deps:
+	@missing=""; for pkg in $(SYSTEM_PACKAGES); do \
+	  command -v $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+unit: $(VENV)/.test-installed system-deps
 	$(BIN)/pytest -q
 
 test: lint typecheck unit

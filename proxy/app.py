@@ -1,4 +1,4 @@
-"""The ASGI application: plain routes, and the passthrough behind a catch-all."""
+"""The ASGI application: plain routes, and the middleware chain around the passthrough."""
 
 from __future__ import annotations
 
@@ -7,39 +7,46 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from .config import Settings
+from .middleware import build_chain
 from .passthrough import Passthrough
-from .upstream import UpstreamClient
+from .services import Services
 
 
 def create_app(settings: Settings) -> Starlette:
-    """Build the app for one worker process. The upstream session opens in the lifespan."""
-    client = UpstreamClient(settings)
+    """Build the app for one worker process. Shared resources open in the lifespan."""
+    services = Services.build(settings)
+    chain = build_chain(Passthrough(settings, services.upstream), services)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        await client.open()
+        await services.start()
         try:
             yield
         finally:
-            await client.close()
+            await services.stop()
 
+    # These never need a client key and never reach an upstream.
     async def healthz(_request: Request) -> Response:
-        # Alive: the process answers. Never touches an upstream.
         return JSONResponse({"status": "ok"})
 
     async def readyz(_request: Request) -> Response:
-        if not client.is_open:
-            return JSONResponse({"status": "starting"}, status_code=503)
-        return JSONResponse({"status": "ready"})
+        ready, checks = await services.ready()
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
+        )
+
+    async def metrics(_request: Request) -> Response:
+        return PlainTextResponse(services.metrics.render(), media_type="text/plain; version=0.0.4")
 
     routes = [
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
+        Route("/metrics", metrics, methods=["GET"]),
         # Everything else is a provider API call.
-        Mount("/", app=Passthrough(settings, client)),
+        Mount("/", app=chain),
     ]
     return Starlette(routes=routes, lifespan=lifespan)

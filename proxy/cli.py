@@ -40,12 +40,86 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
 
+    _keys_parser(sub)
+
     mock = sub.add_parser("mock", help="run the mock provider on its own")
     mock.add_argument("--host", default="127.0.0.1")
     mock.add_argument("--port", type=int, default=9000, help="0 picks a free port (default 9000)")
     mock.add_argument("--tokens", type=int, default=12, help="tokens per reply (default 12)")
     mock.add_argument("--delay-ms", type=float, default=0.0, help="pause between tokens (default 0)")
     return parser
+
+
+def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser("keys", help="manage client keys (file: --file or SLUICE_KEYS_FILE)")
+    keys.add_argument("--file", type=Path, help="the keys file (default: SLUICE_KEYS_FILE)")
+    keys.add_argument("--env-file", type=Path, help="read SLUICE_KEYS_FILE from this file (default: ./.env)")
+    actions = keys.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="issue a key and print its secret (shown once)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--rpm", type=_positive, help="requests per minute")
+    create.add_argument("--tpm", type=_positive, help="tokens per minute")
+    create.add_argument("--concurrency", type=_positive, help="requests in flight at once")
+    create.add_argument(
+        "--providers", nargs="+", choices=PROVIDERS, help="providers it may use (default: all)"
+    )
+    create.add_argument(
+        "--models", nargs="+", help="models it may use; globs like 'gpt-4o*' work (default: all)"
+    )
+    actions.add_parser("list", help="list keys (never their secrets)")
+    revoke = actions.add_parser("revoke", help="revoke a key; running servers notice within a second")
+    revoke.add_argument("name")
+
+
+def _positive(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
+def _keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from .keys import KeyFileError, create_key, read_keys, revoke_key
+    from .limits import Limits
+
+    path = args.file or (Path(env["SLUICE_KEYS_FILE"]) if env.get("SLUICE_KEYS_FILE") else None)
+    if path is None:
+        raise ConfigError("SLUICE_KEYS_FILE", "not set; pass --file PATH or set SLUICE_KEYS_FILE")
+    try:
+        if args.action == "create":
+            limits = Limits(rpm=args.rpm, tpm=args.tpm, concurrency=args.concurrency)
+            providers = tuple(args.providers) if args.providers else None
+            models = tuple(args.models) if args.models else None
+            secret = create_key(path, args.name, limits, providers, models)
+            print(secret)
+            print(
+                f"Key {args.name!r} created in {path}. The secret above is shown only now.", file=sys.stderr
+            )
+        elif args.action == "revoke":
+            revoke_key(path, args.name)
+            print(f"Key {args.name!r} revoked.", file=sys.stderr)
+        else:
+            _print_keys(read_keys(path))
+    except KeyFileError as exc:
+        print(f"sluice keys: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
+def _print_keys(keys: Mapping[str, object]) -> None:
+    from .keys import ClientKey
+
+    print(f"{'NAME':<20} {'ID':<14} {'CREATED':<21} {'RPM':>6} {'TPM':>9} {'CONC':>5}", end="")
+    print("  PROVIDERS / MODELS  STATUS")
+    for key in keys.values():
+        assert isinstance(key, ClientKey)
+        lim = key.limits
+        scope = f"{','.join(key.providers or ['*'])} / {','.join(key.models or ['*'])}"
+        status = f"revoked {key.revoked}" if key.revoked else "active"
+        print(
+            f"{key.name:<20} {key.id:<14} {key.created:<21} {lim.rpm or '-':>6} {lim.tpm or '-':>9} "
+            f"{lim.concurrency or '-':>5}  {scope}  {status}"
+        )
 
 
 def read_environment(env_file: Path | None) -> dict[str, str]:
@@ -104,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "mock":
             return _mock(args)
+        if args.command == "keys":
+            return _keys(args, read_environment(args.env_file))
         return _serve(args, read_environment(args.env_file))
     except ConfigError as exc:
         print(f"sluice: configuration error: {exc}", file=sys.stderr)

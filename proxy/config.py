@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 ProviderName = Literal["openai", "gemini", "anthropic"]
@@ -32,6 +34,11 @@ KEY_SETTINGS: Mapping[ProviderName, tuple[str, ...]] = {
 }
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+AuthMode = Literal["auto", "on", "off"]
+FailurePolicy = Literal["open", "closed"]
+
+# The default middleware chain, outermost first. See proxy/middleware.
+DEFAULT_CHAIN: tuple[str, ...] = ("access_log", "auth", "rate_limit")
 
 
 class ConfigError(ValueError):
@@ -70,9 +77,25 @@ class Settings:
     # Reasoning models can think for minutes before their first token.
     read_timeout: float = 600.0
     pool_size: int = 4096
-    auth: Literal["on", "off"] = "on"
+    # auto: client keys are required when a keys file is configured; without
+    # one Sluice serves loopback only. on: a keys file is required. off: none.
+    auth: AuthMode = "auto"
+    keys_file: Path | None = None
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
+    redis_failure: FailurePolicy = "open"
+    access_log: str = "stdout"  # stdout, stderr, off, or a file path
+    log_bodies: bool = False
+    openai_include_usage: bool = False
+    # Bodies are read whole only to check a key's model list; this bounds that.
+    max_inspect_bytes: int = 32 * 1024 * 1024
+    chain: tuple[str, ...] = DEFAULT_CHAIN
+    middleware_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     log_level: LogLevel = "info"
     mock: bool = False
+
+    @property
+    def auth_enforced(self) -> bool:
+        return self.auth != "off" and self.keys_file is not None
 
 
 T = TypeVar("T")
@@ -169,23 +192,79 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
         "connect_timeout": _parse(env, "SLUICE_CONNECT_TIMEOUT", 10.0, _positive_float),
         "read_timeout": _parse(env, "SLUICE_READ_TIMEOUT", 600.0, _positive_float),
         "pool_size": _parse(env, "SLUICE_POOL_SIZE", 4096, _int_between(1, 1_000_000)),
-        "auth": _parse(env, "SLUICE_AUTH", "on", _choice("on", "off")),
+        "auth": _parse(env, "SLUICE_AUTH", "auto", _choice("auto", "on", "off")),
+        "keys_file": _parse(env, "SLUICE_KEYS_FILE", None, Path),
+        "redis_url": _parse(env, "SLUICE_REDIS_URL", None, _redis_url),
+        "redis_failure": _parse(env, "SLUICE_REDIS_FAILURE", "open", _choice("open", "closed")),
+        "access_log": _parse(env, "SLUICE_ACCESS_LOG", "stdout", str),
+        "log_bodies": _parse(env, "SLUICE_LOG_BODIES", False, _boolean),
+        "openai_include_usage": _parse(env, "SLUICE_OPENAI_INCLUDE_USAGE", False, _boolean),
+        "max_inspect_bytes": _parse(
+            env, "SLUICE_MAX_INSPECT_BYTES", 32 * 1024 * 1024, _int_between(1024, 1 << 34)
+        ),
         "log_level": _parse(
             env, "SLUICE_LOG_LEVEL", "info", _choice("critical", "error", "warning", "info", "debug")
         ),
     }
+    config_file = _parse(env, "SLUICE_CONFIG", None, Path)
+    if config_file is not None:
+        values.update(_load_config_file(config_file))
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_exposure(settings)
     return settings
 
 
+def _boolean(raw: str) -> bool:
+    value = raw.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _redis_url(raw: str) -> str:
+    if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return raw
+
+
+def _load_config_file(path: Path) -> dict[str, Any]:
+    """The TOML file holds what env vars express badly: the middleware chain and its options."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError("SLUICE_CONFIG", f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("SLUICE_CONFIG", f"{path} is not valid TOML: {exc}") from None
+    middleware = data.get("middleware", {})
+    unknown = set(data) - {"middleware"} | set(middleware) - {"chain", "options"}
+    if unknown:
+        raise ConfigError("SLUICE_CONFIG", f"unknown entries in {path}: {', '.join(sorted(unknown))}")
+    values: dict[str, Any] = {}
+    if "chain" in middleware:
+        chain = middleware["chain"]
+        if not isinstance(chain, list) or not all(isinstance(c, str) and c for c in chain):
+            raise ConfigError("SLUICE_CONFIG", "middleware.chain must be a list of names or import paths")
+        values["chain"] = tuple(chain)
+    options = middleware.get("options", {})
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise ConfigError("SLUICE_CONFIG", "middleware.options must map a middleware to a table of options")
+    values["middleware_options"] = options
+    return values
+
+
 def _check_exposure(settings: Settings) -> None:
-    # Until client keys exist, anyone who can reach Sluice spends the
-    # provider keys it holds. Listening beyond loopback must be a decision.
-    if not is_loopback(settings.host) and settings.auth != "off":
+    # Without client keys, anyone who can reach Sluice spends the provider
+    # keys it holds. Listening beyond loopback without them must be a decision.
+    if settings.auth == "on" and settings.keys_file is None:
+        raise ConfigError(
+            "SLUICE_KEYS_FILE", "SLUICE_AUTH=on needs a keys file (create one with `sluice keys create`)"
+        )
+    if not is_loopback(settings.host) and settings.auth == "auto" and settings.keys_file is None:
         raise ConfigError(
             "SLUICE_HOST",
-            f"{settings.host!r} is not a loopback address and client authentication is not "
-            "available yet; set SLUICE_AUTH=off to serve it anyway",
+            f"{settings.host!r} is not a loopback address and no client keys are configured; "
+            "set SLUICE_KEYS_FILE, or SLUICE_AUTH=off to serve without client authentication",
         )

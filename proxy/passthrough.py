@@ -26,10 +26,12 @@ from yarl import URL
 
 from .asgi import Receive, Scope, Send
 from .config import Settings, Upstream
+from .context import NO_ROUTE_MESSAGE, RequestContext, get_or_create_context
 from .errors import send_error, upstream_failure
 from .headers import client_response_headers, upstream_request_headers
-from .routing import BadPath, Route, guess_provider, resolve, strip_query_credentials, validate_path
+from .routing import Route, strip_query_credentials
 from .upstream import UpstreamClient
+from .usage import UsageTap
 
 logger = logging.getLogger("sluice.passthrough")
 
@@ -47,33 +49,20 @@ class Passthrough:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
             return
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        headers: list[tuple[bytes, bytes]] = scope["headers"]
-        try:
-            validate_path(raw_path)
-        except BadPath as exc:
-            await send_error(send, guess_provider(raw_path, headers), 400, f"Bad request path: {exc}.")
+        ctx = get_or_create_context(scope)
+        provider = ctx.provider or "openai"
+        if ctx.path_error is not None or ctx.route is None:
+            status, message = ctx.path_error or (404, NO_ROUTE_MESSAGE)
+            ctx.outcome, ctx.detail = "bad_request", "bad_path" if status == 400 else "no_route"
+            await send_error(send, provider, status, message)  # type: ignore[arg-type]
             return
-        route = resolve(raw_path, headers, scope["query_string"])
-        if route is None:
-            await send_error(
-                send,
-                guess_provider(raw_path, headers),
-                404,
-                "No provider serves this path. Use /openai/…, /gemini/…, /anthropic/… or an SDK's own "
-                "path such as /v1/chat/completions, /v1beta/models/… or /v1/messages.",
-            )
-            return
-        upstream = self.settings.upstreams[route.provider]
+        upstream = self.settings.upstreams[ctx.route.provider]
         if upstream.api_key is None:
-            await send_error(
-                send,
-                route.provider,
-                503,
-                f"Sluice has no {route.provider} API key configured; set {upstream.key_setting}.",
-            )
+            ctx.outcome, ctx.detail = "unavailable", "no_provider_key"
+            message = f"Sluice has no {ctx.route.provider} API key configured; set {upstream.key_setting}."
+            await send_error(send, ctx.route.provider, 503, message)
             return
-        await _Exchange(self.client.session, scope, receive, send, route, upstream).run()
+        await _Exchange(self.client.session, scope, receive, send, ctx, ctx.route, upstream).run()
 
 
 def upstream_url(upstream: Upstream, route: Route, query_string: bytes) -> URL:
@@ -94,6 +83,7 @@ class _Exchange:
 
     __slots__ = (
         "client_gone",
+        "ctx",
         "finished",
         "receive",
         "route",
@@ -111,9 +101,11 @@ class _Exchange:
         scope: Scope,
         receive: Receive,
         send: Send,
+        ctx: RequestContext,
         route: Route,
         upstream: Upstream,
     ) -> None:
+        self.ctx = ctx
         self.session = session
         self.scope = scope
         self.receive = receive
@@ -135,6 +127,8 @@ class _Exchange:
             if self.task is not None:
                 self.task.uncancel()
         finally:
+            if self.client_gone:
+                self.ctx.outcome, self.ctx.detail = "client_disconnected", None
             if self.watcher is not None:
                 self.watcher.cancel()
 
@@ -143,6 +137,7 @@ class _Exchange:
         if first["type"] == "http.disconnect":
             return
         body: bytes = first.get("body", b"")
+        self.ctx.bytes_in = len(body)
         data: bytes | AsyncIterator[bytes] | None
         if first.get("more_body", False):
             data = self._stream_body(body)
@@ -163,6 +158,10 @@ class _Exchange:
             if self.client_gone:
                 return
             status, message = upstream_failure(exc, self.route.provider)
+            self.ctx.outcome, self.ctx.detail = (
+                "upstream_error",
+                "timeout" if status == 504 else "unreachable",
+            )
             logger.warning(
                 "%s %s → %s upstream failed: %s",
                 self.scope["method"],
@@ -195,18 +194,27 @@ class _Exchange:
             await self._refused_credential(response.status)
             return
         headers, _is_sse = client_response_headers(response.raw_headers)
+        headers = self._note_request_id(headers)
+        tap = UsageTap(
+            self.route.provider,
+            response.headers.get("content-type", "").encode("latin-1"),
+            response.headers.get("content-encoding", "").encode("latin-1") or None,
+        )
         send = self.send
         await send({"type": "http.response.start", "status": response.status, "headers": headers})
         content = response.content
         try:
             while chunk := await content.readany():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                tap.feed(chunk)  # after the send: observing never delays a byte
         except (TimeoutError, aiohttp.ClientError) as exc:
             if self.client_gone:
                 return
             # Headers are out, so the only honest signal left is to cut the
             # response short: returning without the final message makes
             # uvicorn close the connection without the terminating chunk.
+            self.ctx.outcome = "upstream_error"
+            self.ctx.detail = "idle_timeout" if isinstance(exc, TimeoutError) else "cut_mid_stream"
             logger.warning(
                 "%s %s → %s upstream failed mid-stream (%s); aborting the client response",
                 self.scope["method"],
@@ -215,13 +223,32 @@ class _Exchange:
                 exc.__class__.__name__,
             )
             return
+        finally:
+            # Even a cut or abandoned stream has used tokens: record what was reported.
+            self.ctx.usage = tap.finish()
+            if tap.model and not self.ctx.model:
+                self.ctx.model = tap.model
         self.finished = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _note_request_id(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """Keep the provider's request id, renamed where Sluice's own X-Request-ID goes."""
+        out = []
+        for name, value in headers:
+            if name == b"x-request-id":
+                self.ctx.upstream_request_id = value.decode("latin-1")
+                out.append((b"x-upstream-request-id", value))
+                continue
+            if name == b"request-id":
+                self.ctx.upstream_request_id = value.decode("latin-1")
+            out.append((name, value))
+        return out
 
     async def _refused_credential(self, status: int) -> None:
         # The upstream refused the key Sluice holds. Its body can quote a
         # fragment of that key, so it is not passed on; and a 401 would tell
         # the client that *its* key is wrong, which it is not.
+        self.ctx.outcome, self.ctx.detail = "upstream_error", f"credential_refused_{status}"
         logger.warning(
             "%s upstream refused the server-held credential (HTTP %d); check %s",
             self.route.provider,
@@ -246,6 +273,7 @@ class _Exchange:
                 raise ConnectionAbortedError("client disconnected during the upload")
             chunk: bytes = message.get("body", b"")
             if chunk:
+                self.ctx.bytes_in += len(chunk)
                 yield chunk
             if not message.get("more_body", False):
                 break

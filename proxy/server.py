@@ -48,6 +48,10 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         # uvicorn's access log prints query strings, and Gemini clients may put
         # their key in `?key=`. Sluice writes its own log lines.
         access_log=False,
+        # uvicorn would otherwise believe X-Forwarded-For from any loopback
+        # peer and rewrite the client address; which proxies to trust is
+        # Sluice's decision (and a setting), not a default.
+        proxy_headers=False,
         server_header=False,
         log_config=logging_config(settings.log_level),
         log_level=settings.log_level,

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from proxy.mock import MockHandle, start_mock_in_thread
+from tests.redis_server import RedisServer, redis_server_session
 
 # Recognisable server-held keys: no response, header or log line may ever
 # contain them. Each provider's looks like the real thing.
@@ -133,6 +134,12 @@ def sluice(mock: MockHandle, sluice_factory: SluiceFactory) -> Iterator[SluicePr
     log = process.log()
     for canary in CANARIES:
         assert canary not in log, "a server-held key appeared in Sluice's output"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port (a failure, not a skip, when CI=true and it is missing)."""
+    yield from redis_server_session(tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)

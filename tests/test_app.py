@@ -20,7 +20,10 @@ async def test_health_and_readiness_need_no_key_and_no_upstream(
 ) -> None:
     async with httpx.AsyncClient(base_url=sluice.url) as client:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
-        assert (await client.get("/readyz")).json() == {"status": "ready"}
+        assert (await client.get("/readyz")).json() == {
+            "status": "ready",
+            "checks": {"upstream_session": "ok"},
+        }
     assert mock.state.records == []
 
 

@@ -82,7 +82,9 @@ def test_chat_sync(base_url: str, mock: MockHandle) -> None:
     assert out.model == "gpt-x" and out.choices[0].finish_reason == "stop"
     assert_chat_usage(out.usage, rec, 5)
     assert body == rec.sent  # the upstream's bytes, unchanged
-    assert raw.headers["x-request-id"] == f"req_mock{rec.id}"
+    # Sluice's own id takes X-Request-ID; the provider's is kept under another name.
+    assert raw.headers["x-upstream-request-id"] == f"req_mock{rec.id}"
+    assert len(raw.headers["x-request-id"]) == 32
 
 
 async def test_chat_async(base_url: str, mock: MockHandle) -> None:

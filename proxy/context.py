@@ -1,0 +1,142 @@
+"""What one request carries through the middleware chain.
+
+The outermost middleware puts a :class:`RequestContext` in
+``scope["sluice"]``; each layer fills in what it learns (the key, the
+provider, the status, the usage), and the access log writes it out when the
+request ends. Plain attributes, no locking: one request is one task.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import unquote
+
+from .asgi import Scope
+from .routing import BadPath, Route, guess_provider, resolve, validate_path
+
+Outcome = Literal[
+    "ok",  # the upstream's response was relayed in full (whatever its status)
+    "client_disconnected",  # the client left before the end; the upstream was cancelled
+    "upstream_error",  # the upstream failed: unreachable, timed out, cut mid-stream, refused our key
+    "rejected_auth",  # no, unknown or revoked client key (401), or key not allowed (403)
+    "rate_limited",  # over a per-key limit (429)
+    "bad_request",  # refused before any upstream call: bad path, unknown route, too large
+    "unavailable",  # Sluice could not serve it: missing provider key, limiter backend down (fail-closed)
+]
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts as the provider reported them. ``None`` where it did not say."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+
+    @property
+    def total(self) -> int:
+        if self.total_tokens is not None:
+            return self.total_tokens
+        return (self.input_tokens or 0) + (self.output_tokens or 0)
+
+    def as_dict(self) -> dict[str, int | None]:
+        return {"input": self.input_tokens, "output": self.output_tokens, "total": self.total}
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    method: str
+    path: str  # never the query string: it may hold a client key
+    client: str | None = None
+    started: float = field(default_factory=time.monotonic)
+    started_wall: float = field(default_factory=time.time)
+    provider: str | None = None
+    model: str | None = None
+    key_name: str | None = None
+    status: int | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    ttfb: float | None = None  # seconds from start to the first response byte sent
+    usage: Usage | None = None
+    outcome: Outcome = "ok"
+    upstream_request_id: str | None = None
+    detail: str | None = None  # a short reason for a non-ok outcome, no secrets
+    route: Route | None = None
+    path_error: tuple[int, str] | None = None  # (status, message) when the path cannot be served
+    key: object | None = None  # the authenticated ClientKey (typed loosely to keep this module leaf-level)
+
+
+def get_context(scope: Scope) -> RequestContext | None:
+    ctx = scope.get("sluice")
+    return ctx if isinstance(ctx, RequestContext) else None
+
+
+# --- creating one ---------------------------------------------------------
+
+_REQUEST_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's X-Request-ID when it is a sane token, else a fresh one."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if 0 < len(candidate) <= 128 and _REQUEST_ID_CHARS.issuperset(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+def new_context(scope: Scope) -> RequestContext:
+    """Build the context for an HTTP request and route it (validation included)."""
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+    client = scope.get("client")
+    ctx = RequestContext(
+        request_id=_request_id(headers),
+        method=scope["method"],
+        # Logged as received (JSON-escaped by the log writer), query excluded, bounded.
+        path=raw_path[:512].decode("latin-1"),
+        client=client[0] if client else None,
+    )
+    try:
+        validate_path(raw_path)
+    except BadPath as exc:
+        ctx.provider = guess_provider(raw_path, headers)
+        ctx.path_error = (400, f"Bad request path: {exc}.")
+        return ctx
+    ctx.route = resolve(raw_path, headers, scope["query_string"])
+    if ctx.route is None:
+        ctx.provider = guess_provider(raw_path, headers)
+        ctx.path_error = (404, NO_ROUTE_MESSAGE)
+    else:
+        ctx.provider = ctx.route.provider
+        ctx.model = model_from_path(ctx.route.upstream_path)
+    return ctx
+
+
+NO_ROUTE_MESSAGE = (
+    "No provider serves this path. Use /openai/…, /gemini/…, /anthropic/… or an SDK's own "
+    "path such as /v1/chat/completions, /v1beta/models/… or /v1/messages."
+)
+
+
+def model_from_path(upstream_path: str) -> str | None:
+    """Gemini names the model in the path: ``…/models/{model}:{method}``."""
+    marker = upstream_path.find("/models/")
+    if marker == -1:
+        return None
+    name = upstream_path[marker + len("/models/") :]
+    model, colon, _method = name.partition(":")
+    return unquote(model) if colon and model and "/" not in model else None
+
+
+def get_or_create_context(scope: Scope) -> RequestContext:
+    ctx = get_context(scope)
+    if ctx is None:
+        ctx = scope["sluice"] = new_context(scope)
+    return ctx

@@ -1,0 +1,45 @@
+"""The fixed outer layer: one context per request, its id on the response, and metrics.
+
+It runs for every HTTP request whatever the configured chain, because the
+request id, the status, the bytes sent and the time to first byte are facts
+every other layer (access log, rate limiter, metrics) builds on.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .asgi import ASGIApp, Message, Receive, Scope, Send
+from .context import get_or_create_context
+from .metrics import Metrics
+
+
+class Gate:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        ctx = get_or_create_context(scope)
+        id_header = (b"x-request-id", ctx.request_id.encode())
+
+        async def tracked_send(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                body = message.get("body")
+                if body:
+                    ctx.bytes_out += len(body)
+                    if ctx.ttfb is None:
+                        ctx.ttfb = time.monotonic() - ctx.started
+            elif message["type"] == "http.response.start":
+                ctx.status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), id_header]}
+            await send(message)
+
+        self.metrics.request_started(ctx)
+        try:
+            await self.app(scope, receive, tracked_send)
+        finally:
+            self.metrics.request_ended(ctx, time.monotonic())

@@ -1,0 +1,182 @@
+"""Prometheus metrics, in the text exposition format.
+
+A few dozen lines instead of ``prometheus_client``: one event loop per
+process means no locks, and recording a request is a handful of dict updates.
+Values are per process; with several workers each one answers ``/metrics``
+for itself (see README, "Metrics").
+
+Label values are provider names, outcomes, status codes and client *key
+names*: never a secret, and bounded by configuration, not by traffic.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+
+from .context import RequestContext
+
+LabelValues = tuple[str, ...]
+
+# Seconds. LLM requests span milliseconds (errors, cached) to many minutes.
+LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(names: LabelValues, values: LabelValues, extra: str = "") -> str:
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value == int(value) else repr(value)
+
+
+class Counter:
+    kind = "counter"
+
+    def __init__(self, name: str, help_text: str, labels: LabelValues = ()) -> None:
+        self.name, self.help, self.label_names = name, help_text, labels
+        self.values: dict[LabelValues, float] = defaultdict(float)
+
+    def inc(self, labels: LabelValues = (), amount: float = 1.0) -> None:
+        self.values[labels] += amount
+
+    def samples(self) -> list[str]:
+        return [
+            f"{self.name}{_labels(self.label_names, k)} {_number(v)}" for k, v in sorted(self.values.items())
+        ]
+
+
+class Gauge(Counter):
+    kind = "gauge"
+
+    def dec(self, labels: LabelValues = (), amount: float = 1.0) -> None:
+        self.values[labels] -= amount
+
+
+class Histogram:
+    kind = "histogram"
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        labels: LabelValues = (),
+        buckets: tuple[float, ...] = LATENCY_BUCKETS,
+    ) -> None:
+        self.name, self.help, self.label_names, self.buckets = name, help_text, labels, buckets
+        self.counts: dict[LabelValues, list[int]] = {}
+        self.sums: dict[LabelValues, float] = defaultdict(float)
+
+    def observe(self, value: float, labels: LabelValues = ()) -> None:
+        counts = self.counts.get(labels)
+        if counts is None:
+            counts = self.counts[labels] = [0] * (len(self.buckets) + 1)
+        counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sums[labels] += value
+
+    def samples(self) -> list[str]:
+        lines = []
+        for labels, counts in sorted(self.counts.items()):
+            running = 0
+            for bound, count in zip((*self.buckets, float("inf")), counts, strict=True):
+                running += count
+                le = "+Inf" if bound == float("inf") else repr(bound)
+                bucket_labels = _labels(self.label_names, labels, f'le="{le}"')
+                lines.append(f"{self.name}_bucket{bucket_labels} {running}")
+            lines.append(f"{self.name}_sum{_labels(self.label_names, labels)} {_number(self.sums[labels])}")
+            lines.append(f"{self.name}_count{_labels(self.label_names, labels)} {running}")
+        return lines
+
+
+class Metrics:
+    """Every metric Sluice exports."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "sluice_requests_total",
+            "Requests handled, by provider, status and outcome.",
+            ("provider", "status", "outcome"),
+        )
+        self.in_flight = Gauge(
+            "sluice_in_flight_requests", "Requests (and streams) in progress.", ("provider",)
+        )
+        self.ttfb = Histogram(
+            "sluice_time_to_first_byte_seconds",
+            "From request start to the first response body byte.",
+            ("provider",),
+        )
+        self.duration = Histogram(
+            "sluice_request_duration_seconds", "From request start to its end.", ("provider",)
+        )
+        self.tokens = Counter(
+            "sluice_tokens_total",
+            "Tokens the providers reported, by provider, key and direction.",
+            ("provider", "key", "direction"),
+        )
+        self.upstream_errors = Counter(
+            "sluice_upstream_errors_total", "Upstream failures, by provider and kind.", ("provider", "kind")
+        )
+        self.rate_limited = Counter(
+            "sluice_rate_limited_total", "Requests refused by a per-key limit.", ("key", "limit")
+        )
+        self.auth_rejections = Counter(
+            "sluice_auth_rejections_total", "Requests refused by client authentication.", ("reason",)
+        )
+        self.limiter_errors = Counter(
+            "sluice_limiter_errors_total", "Rate-limit backend failures, by the policy applied.", ("policy",)
+        )
+        self._all = (
+            self.requests, self.in_flight, self.ttfb, self.duration, self.tokens,
+            self.upstream_errors, self.rate_limited, self.auth_rejections, self.limiter_errors,
+        )  # fmt: skip
+
+    def request_started(self, ctx: RequestContext) -> None:
+        self.in_flight.inc((ctx.provider or "none",))
+
+    def request_ended(self, ctx: RequestContext, now: float) -> None:
+        provider = ctx.provider or "none"
+        self.in_flight.dec((provider,))
+        self.requests.inc((provider, str(ctx.status or 0), ctx.outcome))
+        self.duration.observe(now - ctx.started, (provider,))
+        if ctx.ttfb is not None:
+            self.ttfb.observe(ctx.ttfb, (provider,))
+        if ctx.outcome == "upstream_error":
+            self.upstream_errors.inc((provider, ctx.detail or "unknown"))
+        if ctx.usage is not None:
+            key = ctx.key_name or ""
+            if ctx.usage.input_tokens:
+                self.tokens.inc((provider, key, "input"), ctx.usage.input_tokens)
+            if ctx.usage.output_tokens:
+                self.tokens.inc((provider, key, "output"), ctx.usage.output_tokens)
+
+    def render(self) -> str:
+        out: list[str] = []
+        for metric in self._all:
+            out.append(f"# HELP {metric.name} {metric.help}")
+            out.append(f"# TYPE {metric.name} {metric.kind}")
+            out.extend(metric.samples())
+        return "\n".join(out) + "\n"

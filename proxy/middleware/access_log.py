@@ -1,0 +1,127 @@
+"""One JSON line per request, written when the request ends.
+
+Fields: ``ts`` (UTC, ms), ``request_id``, ``key`` (the key's *name*),
+``provider``, ``model``, ``method``, ``path`` (never the query string: it may
+hold a client key), ``status``, ``bytes_in``, ``bytes_out``, ``ttfb_ms``,
+``duration_ms``, ``usage`` (``{"input", "output", "total"}`` or null),
+``outcome``, ``detail``, ``upstream_request_id`` and ``client``.
+
+Bodies are not logged, unless ``SLUICE_LOG_BODIES`` turns on debugging: then
+the first 16 KiB of each way are added as ``request_body``/``response_body``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from ..asgi import ASGIApp, Message, Receive, Scope, Send
+from ..context import RequestContext, get_or_create_context
+
+BODY_SAMPLE = 16 * 1024
+
+
+class LogWriter:
+    """Writes whole lines with one ``write(2)`` each, so workers sharing a file or pipe never interleave."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self._fd: int | None
+        if target == "off":
+            self._fd = None
+        elif target == "stdout":
+            self._fd = sys.stdout.fileno()
+        elif target == "stderr":
+            self._fd = sys.stderr.fileno()
+        else:
+            self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+
+    @property
+    def enabled(self) -> bool:
+        return self._fd is not None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._fd is not None:
+            line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+            os.write(self._fd, line.encode("utf-8", "replace"))
+
+    def close(self) -> None:
+        if self._fd is not None and self.target not in ("stdout", "stderr"):
+            os.close(self._fd)
+        self._fd = None
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def log_record(ctx: RequestContext, now: float) -> dict[str, Any]:
+    ts = datetime.fromtimestamp(ctx.started_wall, UTC).isoformat(timespec="milliseconds")
+    return {
+        "ts": ts.replace("+00:00", "Z"),
+        "request_id": ctx.request_id,
+        "key": ctx.key_name,
+        "provider": ctx.provider,
+        "model": ctx.model,
+        "method": ctx.method,
+        "path": ctx.path,
+        "status": ctx.status,
+        "bytes_in": ctx.bytes_in,
+        "bytes_out": ctx.bytes_out,
+        "ttfb_ms": _ms(ctx.ttfb),
+        "duration_ms": _ms(now - ctx.started),
+        "usage": ctx.usage.as_dict() if ctx.usage is not None else None,
+        "outcome": ctx.outcome,
+        "detail": ctx.detail,
+        "upstream_request_id": ctx.upstream_request_id,
+        "client": ctx.client,
+    }
+
+
+class AccessLog:
+    """Pure ASGI middleware writing :func:`log_record` for every HTTP request."""
+
+    def __init__(self, app: ASGIApp, writer: LogWriter, log_bodies: bool = False) -> None:
+        self.app = app
+        self.writer = writer
+        self.log_bodies = log_bodies
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.writer.enabled:
+            await self.app(scope, receive, send)
+            return
+        ctx = get_or_create_context(scope)
+        samples: dict[str, bytearray] | None = None
+        if self.log_bodies:
+            samples = {"request_body": bytearray(), "response_body": bytearray()}
+            receive, send = _sampling(receive, send, samples)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            record = log_record(ctx, time.monotonic())
+            if samples is not None:
+                record.update({k: v.decode("utf-8", "replace") for k, v in samples.items()})
+            self.writer.write(record)
+
+
+def _sampling(receive: Receive, send: Send, samples: dict[str, bytearray]) -> tuple[Receive, Send]:
+    def keep(buffer: bytearray, data: bytes) -> None:
+        room = BODY_SAMPLE - len(buffer)
+        if room > 0:
+            buffer += data[:room]
+
+    async def sampled_receive() -> Message:
+        message = await receive()
+        keep(samples["request_body"], message.get("body", b""))
+        return message
+
+    async def sampled_send(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            keep(samples["response_body"], message.get("body", b""))
+        await send(message)
+
+    return sampled_receive, sampled_send

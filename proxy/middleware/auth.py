@@ -1,0 +1,112 @@
+"""Client authentication with Sluice's own keys, where each SDK puts its API key.
+
+The OpenAI SDK sends ``Authorization: Bearer``, google-genai
+``x-goog-api-key`` (REST clients may use ``?key=``), the Anthropic SDK
+``x-api-key``. Whichever arrives is checked; the passthrough later strips them
+all, so a client key never travels upstream.
+
+Missing or unknown key: 401. A provider or model the key may not use: 403.
+Both in the provider's own error format, so the SDK raises
+``AuthenticationError`` / ``PermissionDeniedError`` as usual.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from urllib.parse import unquote_to_bytes
+
+from ..asgi import ASGIApp, Receive, Scope, Send
+from ..body import read_body
+from ..context import RequestContext, get_or_create_context
+from ..errors import send_error
+from ..keys import KeyStore
+from ..metrics import Metrics
+
+logger = logging.getLogger("sluice.auth")
+
+_HEADERS = (b"x-goog-api-key", b"x-api-key", b"api-key")
+
+
+def presented_key(scope: Scope) -> str | None:
+    """The client's credential, from the first place an SDK would put it."""
+    bearer: bytes | None = None
+    found: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name == b"authorization" and value[:7].lower() == b"bearer ":
+            bearer = value[7:].strip()
+        elif name in _HEADERS:
+            found[name] = value.strip()
+    for name in _HEADERS:
+        if found.get(name):
+            return found[name].decode("latin-1")
+    if bearer:
+        return bearer.decode("latin-1")
+    for part in scope["query_string"].split(b"&"):
+        name, _, value = part.partition(b"=")
+        if unquote_to_bytes(name) == b"key" and value:
+            return unquote_to_bytes(value).decode("latin-1")
+    return None
+
+
+def model_from_json(body: bytes) -> str | None:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    model: object = document.get("model") if isinstance(document, dict) else None
+    return model if isinstance(model, str) else None
+
+
+class Auth:
+    """Pure ASGI middleware: only requests with a valid, permitted Sluice key get through."""
+
+    def __init__(self, app: ASGIApp, keys: KeyStore | None, metrics: Metrics, max_inspect_bytes: int) -> None:
+        self.app = app
+        self.keys = keys
+        self.metrics = metrics
+        self.max_inspect_bytes = max_inspect_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = get_or_create_context(scope) if scope["type"] == "http" else None
+        # No keys configured (auth off), or a path nobody serves: the
+        # passthrough answers 400/404 without touching an upstream.
+        if ctx is None or self.keys is None or ctx.path_error is not None:
+            await self.app(scope, receive, send)
+            return
+        presented = presented_key(scope)
+        key = self.keys.lookup(presented) if presented else None
+        if key is None:
+            reason = "missing" if presented is None else "invalid"
+            message = (
+                "Missing API key: set api_key to a Sluice key (sk-sluice-…)."
+                if presented is None
+                else "Invalid API key: this Sluice key is unknown or revoked."
+            )
+            await self._reject(ctx, send, 401, reason, message)
+            return
+        ctx.key, ctx.key_name = key, key.name
+        provider = ctx.provider or ""
+        if not key.allows_provider(provider):
+            await self._reject(ctx, send, 403, "provider", f"This key may not use the {provider} API.")
+            return
+        if key.models is not None:
+            if ctx.model is None and ctx.route is not None and scope["method"] == "POST":
+                body, receive = await read_body(receive, self.max_inspect_bytes)
+                if body is None:
+                    await self._reject(
+                        ctx, send, 413, "too_large",
+                        f"Request body over {self.max_inspect_bytes} bytes: the model cannot be checked.",
+                    )  # fmt: skip
+                    return
+                ctx.model = model_from_json(body)
+            if not key.allows_model(ctx.model):
+                await self._reject(ctx, send, 403, "model", f"This key may not use the model {ctx.model!r}.")
+                return
+        await self.app(scope, receive, send)
+
+    async def _reject(self, ctx: RequestContext, send: Send, status: int, reason: str, message: str) -> None:
+        ctx.outcome = "rejected_auth" if status in (401, 403) else "bad_request"
+        ctx.detail = reason
+        self.metrics.auth_rejections.inc((reason,))
+        await send_error(send, ctx.provider or "openai", status, message)  # type: ignore[arg-type]

@@ -1,0 +1,68 @@
+"""The shared objects one worker process needs, built from the settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .config import Settings
+from .keys import KeyStore
+from .limits import Limiter
+from .limits.memory import MemoryLimiter
+from .metrics import Metrics
+from .middleware.access_log import LogWriter
+from .upstream import UpstreamClient
+
+logger = logging.getLogger("sluice")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    upstream: UpstreamClient
+    metrics: Metrics
+    keys: KeyStore | None
+    limiter: Limiter
+    access_log: LogWriter
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        limiter: Limiter
+        if settings.redis_url:
+            from .limits.redis import RedisLimiter
+
+            limiter = RedisLimiter(settings.redis_url)
+        else:
+            limiter = MemoryLimiter()
+        return cls(
+            settings=settings,
+            upstream=UpstreamClient(settings),
+            metrics=Metrics(),
+            keys=KeyStore(settings.keys_file) if settings.auth_enforced and settings.keys_file else None,
+            limiter=limiter,
+            access_log=LogWriter(settings.access_log),
+        )
+
+    async def start(self) -> None:
+        await self.upstream.open()
+        if self.keys is None:
+            if self.settings.auth == "off":
+                logger.warning(
+                    "client authentication is OFF (SLUICE_AUTH=off): "
+                    "anyone who can connect spends the provider keys"
+                )
+            else:
+                logger.info("no SLUICE_KEYS_FILE: client authentication is off, serving loopback only")
+        elif self.keys.count == 0:
+            logger.warning("the keys file %s holds no active key: every request will get 401", self.keys.path)
+
+    async def stop(self) -> None:
+        await self.upstream.close()
+        await self.limiter.close()
+        self.access_log.close()
+
+    async def ready(self) -> tuple[bool, dict[str, str]]:
+        checks = {"upstream_session": "ok" if self.upstream.is_open else "closed"}
+        if self.settings.redis_url:
+            checks["redis"] = "ok" if await self.limiter.ping() else "unreachable"
+        return all(v == "ok" for v in checks.values()), checks
