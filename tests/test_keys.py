@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from proxy import keys as keys_module
+from proxy.keys import KeyFileError, KeyStore, create_key, hash_key, key_id_of, read_keys, revoke_key
+from proxy.limits import Limits
+from tests.conftest import SluiceFactory, clean_env
+
+
+def test_created_keys_are_stored_hashed_and_private(tmp_path: Path) -> None:
+    path = tmp_path / "keys.toml"
+    secret = create_key(path, "alice", Limits(rpm=10, tpm=1000, concurrency=2), ("openai",), ("gpt-4o*",))
+    assert secret.startswith("sk-sluice-")
+    text = path.read_text()
+    assert secret not in text
+    assert hash_key(secret) in text
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    key = read_keys(path)["alice"]
+    assert key.limits == Limits(rpm=10, tpm=1000, concurrency=2)
+    assert key.allows_provider("openai") and not key.allows_provider("gemini")
+    assert key.allows_model("gpt-4o-mini") and not key.allows_model("o3") and not key.allows_model(None)
+
+
+def test_lookup_finds_only_the_exact_active_key(tmp_path: Path) -> None:
+    path = tmp_path / "keys.toml"
+    secret = create_key(path, "alice", Limits())
+    store = KeyStore(path)
+    found = store.lookup(secret)
+    assert found is not None and found.name == "alice"
+    assert store.lookup(secret[:-1] + ("A" if secret[-1] != "A" else "B")) is None  # same id, wrong secret
+    assert store.lookup("sk-sluice-") is None
+    assert store.lookup("Bearer " + secret) is None
+    assert key_id_of(secret) == found.id
+
+
+def test_names_are_unique_while_active_and_reusable_after_revocation(tmp_path: Path) -> None:
+    path = tmp_path / "keys.toml"
+    create_key(path, "alice", Limits())
+    with pytest.raises(KeyFileError, match="exists"):
+        create_key(path, "alice", Limits())
+    revoke_key(path, "alice")
+    create_key(path, "alice", Limits())
+    with pytest.raises(KeyFileError, match="no key named"):
+        revoke_key(path, "bob")
+    with pytest.raises(KeyFileError, match="provider"):
+        create_key(path, "carol", Limits(), ("openai", "azure"))
+
+
+def test_store_reloads_changes_and_keeps_the_last_good_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(keys_module, "RELOAD_INTERVAL", 0.0)
+    path = tmp_path / "keys.toml"
+    alice = create_key(path, "alice", Limits())
+    store = KeyStore(path)
+    bob = create_key(path, "bob", Limits())
+    assert store.lookup(bob) is not None
+    revoke_key(path, "alice")
+    assert store.lookup(alice) is None
+    path.write_text("this is [not toml")  # a broken hand edit
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert store.lookup(bob) is not None, "a broken file must not lock everyone out"
+
+
+def test_bad_entries_are_reported(tmp_path: Path) -> None:
+    path = tmp_path / "keys.toml"
+    path.write_text('[keys.alice]\nid = "x"\nhash = "y"\ncreated = "z"\nrpm = -1\n')
+    with pytest.raises(KeyFileError, match="rpm"):
+        read_keys(path)
+
+
+def _sluice(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args], capture_output=True, text=True, env=clean_env(), timeout=30
+    )
+
+
+def test_cli_create_list_revoke(tmp_path: Path) -> None:
+    path = str(tmp_path / "keys.toml")
+    created = _sluice(
+        "keys", "--file", path, "create", "--name", "ci", "--rpm", "30", "--providers", "gemini"
+    )
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    assert secret.startswith("sk-sluice-") and "shown only now" in created.stderr
+    listed = _sluice("keys", "--file", path, "list")
+    assert "ci" in listed.stdout and "gemini" in listed.stdout and secret not in listed.stdout
+    assert _sluice("keys", "--file", path, "revoke", "ci").returncode == 0
+    assert "revoked" in _sluice("keys", "--file", path, "list").stdout
+    missing = _sluice("keys", "--file", path, "revoke", "nobody")
+    assert missing.returncode == 2 and "no key named" in missing.stderr
+    no_file = _sluice("keys", "list")
+    assert no_file.returncode == 2 and "SLUICE_KEYS_FILE" in no_file.stderr
+
+
+def test_auth_off_is_announced_at_start(sluice_factory: SluiceFactory) -> None:
+    process = sluice_factory(SLUICE_AUTH="off")
+    assert "client authentication is OFF" in process.log()
+
+
+def test_auth_on_without_keys_file_refuses_to_start() -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--port", "0"],
+        capture_output=True, text=True, env=clean_env(SLUICE_AUTH="on"), timeout=30,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "SLUICE_KEYS_FILE" in refused.stderr
