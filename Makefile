@@ -13,7 +13,7 @@ ARGS   ?=
 
 # Debian packages the integration tests run for real (a Redis server; later
 # nginx). Installed when missing; the tests fail rather than skip under CI.
-SYSTEM_PACKAGES := redis-server
+SYSTEM_PACKAGES := redis-server nginx
 
 # Runtime dependencies only.
 $(VENV)/.run-installed: pyproject.toml

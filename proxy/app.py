@@ -19,7 +19,7 @@ from .services import Services
 def create_app(settings: Settings) -> Starlette:
     """Build the app for one worker process. Shared resources open in the lifespan."""
     services = Services.build(settings)
-    chain = build_chain(Passthrough(settings, services.upstream), services)
+    chain = build_chain(Passthrough(settings, services.upstream, services.drain), services)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -49,4 +49,6 @@ def create_app(settings: Settings) -> Starlette:
         # Everything else is a provider API call.
         Mount("/", app=chain),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.services = services  # for introspection in tests and embedding
+    return app

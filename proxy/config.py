@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 ProviderName = Literal["openai", "gemini", "anthropic"]
@@ -34,6 +34,15 @@ KEY_SETTINGS: Mapping[ProviderName, tuple[str, ...]] = {
 }
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+# How an idle event stream is kept alive. `comment` sends ": keepalive" (the
+# SSE comment line); `blank` sends an empty line, a no-op in SSE that even a
+# parser without comment support skips (google-genai 3.x chokes on comments).
+HeartbeatStyle = Literal["comment", "blank", "off"]
+DEFAULT_HEARTBEAT_STYLE: Mapping[str, HeartbeatStyle] = {
+    "openai": "comment",
+    "gemini": "blank",
+    "anthropic": "comment",
+}
 AuthMode = Literal["auto", "on", "off"]
 FailurePolicy = Literal["open", "closed"]
 
@@ -58,6 +67,8 @@ class Upstream:
     base_url: str  # scheme://host[:port][/prefix], no trailing slash
     api_key: str | None = field(repr=False)  # never printed, not even in a repr
     key_setting: str  # the setting to name when the key is missing
+    heartbeat: HeartbeatStyle = "comment"
+    heartbeat_interval: float = 15.0  # seconds of upstream silence before a heartbeat
 
     @property
     def origin(self) -> tuple[str, str, int]:
@@ -73,10 +84,15 @@ class Settings:
     port: int = 8000
     workers: int = 1
     connect_timeout: float = 10.0
-    # Idle time allowed between two upstream reads (and before the headers).
-    # Reasoning models can think for minutes before their first token.
+    # A non-streamed answer from a reasoning model arrives only when it is
+    # done: the response headers may take many minutes.
+    headers_timeout: float = 900.0
+    # Upstream silence allowed between two body chunks. Reasoning models can
+    # think for minutes before their first streamed token.
     read_timeout: float = 600.0
-    pool_size: int = 4096
+    stream_deadline: float | None = None  # overall cap from request start; None: no cap
+    drain_timeout: float = 900.0  # on SIGTERM, how long in-flight requests may finish
+    pool_size: int = 10_000  # concurrent upstream requests per worker; beyond: 503
     # auto: client keys are required when a keys file is configured; without
     # one Sluice serves loopback only. on: a keys file is required. off: none.
     auth: AuthMode = "auto"
@@ -161,12 +177,26 @@ def validate_base_url(raw: str) -> str:
     return raw.rstrip("/")
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a number of seconds, 0 or more")
+    return value
+
+
 def _upstream(env: Mapping[str, str], provider: ProviderName) -> Upstream:
-    url_setting = f"SLUICE_{provider.upper()}_UPSTREAM"
-    base_url = _parse(env, url_setting, DEFAULT_UPSTREAMS[provider], validate_base_url)
+    name = provider.upper()
+    base_url = _parse(env, f"SLUICE_{name}_UPSTREAM", DEFAULT_UPSTREAMS[provider], validate_base_url)
     key_names = KEY_SETTINGS[provider]
     api_key = next((env[n].strip() for n in key_names if env.get(n, "").strip()), None)
-    return Upstream(provider=provider, base_url=base_url, api_key=api_key, key_setting=key_names[0])
+    interval = _parse(env, "SLUICE_HEARTBEAT_INTERVAL", 15.0, _non_negative_float)
+    interval = _parse(env, f"SLUICE_{name}_HEARTBEAT_INTERVAL", interval, _non_negative_float)
+    default_style: str = DEFAULT_HEARTBEAT_STYLE[provider]
+    raw_style = _parse(env, f"SLUICE_{name}_HEARTBEAT", default_style, _choice("comment", "blank", "off"))
+    style = cast(HeartbeatStyle, raw_style)
+    if interval == 0:
+        style = "off"
+    return Upstream(provider, base_url, api_key, key_names[0], style, interval or 15.0)
 
 
 def is_loopback(host: str) -> bool:
@@ -190,8 +220,11 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
         "port": _parse(env, "SLUICE_PORT", 8000, _int_between(0, 65535)),
         "workers": _parse(env, "SLUICE_WORKERS", 1, _int_between(1, 256)),
         "connect_timeout": _parse(env, "SLUICE_CONNECT_TIMEOUT", 10.0, _positive_float),
+        "headers_timeout": _parse(env, "SLUICE_HEADERS_TIMEOUT", 900.0, _positive_float),
         "read_timeout": _parse(env, "SLUICE_READ_TIMEOUT", 600.0, _positive_float),
-        "pool_size": _parse(env, "SLUICE_POOL_SIZE", 4096, _int_between(1, 1_000_000)),
+        "stream_deadline": _parse(env, "SLUICE_STREAM_DEADLINE", 0.0, _non_negative_float) or None,
+        "drain_timeout": _parse(env, "SLUICE_DRAIN_TIMEOUT", 900.0, _non_negative_float),
+        "pool_size": _parse(env, "SLUICE_POOL_SIZE", 10_000, _int_between(1, 1_000_000)),
         "auth": _parse(env, "SLUICE_AUTH", "auto", _choice("auto", "on", "off")),
         "keys_file": _parse(env, "SLUICE_KEYS_FILE", None, Path),
         "redis_url": _parse(env, "SLUICE_REDIS_URL", None, _redis_url),

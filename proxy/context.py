@@ -24,7 +24,8 @@ Outcome = Literal[
     "rejected_auth",  # no, unknown or revoked client key (401), or key not allowed (403)
     "rate_limited",  # over a per-key limit (429)
     "bad_request",  # refused before any upstream call: bad path, unknown route, too large
-    "unavailable",  # Sluice could not serve it: missing provider key, limiter backend down (fail-closed)
+    "unavailable",  # Sluice could not serve it: missing provider key, overloaded, limiter down (fail-closed)
+    "aborted",  # still running when the drain window closed at shutdown; cut short
 ]
 
 

@@ -9,7 +9,7 @@ from the provider itself.
 
 from __future__ import annotations
 
-import asyncio
+import errno
 import json
 from collections.abc import Iterable
 
@@ -62,21 +62,27 @@ async def send_error(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def upstream_failure(exc: BaseException, provider: ProviderName) -> tuple[int, str]:
-    """Status and message for an upstream failure before any response byte was sent.
+_OVERLOAD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+def upstream_failure(exc: BaseException, provider: ProviderName) -> tuple[int, str, str]:
+    """Status, message and kind for an upstream failure before any response byte was sent.
 
     Messages name the provider and the kind of failure, never the URL's
     query or any header, so no credential can end up in them.
     """
+    os_error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    if isinstance(os_error, OSError) and os_error.errno in _OVERLOAD_ERRNOS:
+        # Out of file descriptors or buffers: Sluice is overloaded, the upstream is fine.
+        return 503, "Sluice is overloaded (no sockets left); retry shortly.", "overloaded"
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return 504, f"Sluice timed out connecting to the {provider} upstream."
-    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
-        return 504, f"The {provider} upstream did not respond in time."
+        return 504, f"Sluice timed out connecting to the {provider} upstream.", "connect_timeout"
+    if isinstance(exc, TimeoutError):
+        return 504, f"The {provider} upstream did not respond in time.", "headers_timeout"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return (
-            502,
-            f"Sluice could not connect to the {provider} upstream ({exc.os_error.__class__.__name__}).",
-        )
+        name = exc.os_error.__class__.__name__
+        return 502, f"Sluice could not connect to the {provider} upstream ({name}).", "unreachable"
     if isinstance(exc, aiohttp.ClientError):
-        return 502, f"The {provider} upstream failed before responding ({exc.__class__.__name__})."
-    return 502, f"The {provider} upstream request failed ({exc.__class__.__name__})."
+        name = exc.__class__.__name__
+        return 502, f"The {provider} upstream failed before responding ({name}).", "unreachable"
+    return 502, f"The {provider} upstream request failed ({exc.__class__.__name__}).", "unreachable"

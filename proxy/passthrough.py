@@ -4,12 +4,14 @@ Guarantees, for every request that reaches an upstream:
 
 * The response status, headers (less hop-by-hop ones) and body bytes are the
   upstream's. The body is never decoded, decompressed or re-chunked: each read
-  from the upstream is sent to the client as soon as it completes.
+  from the upstream is sent to the client as soon as it completes. The only
+  bytes Sluice adds are heartbeats on an idle event stream, between events.
 * The client's credentials never go upstream; only the server-held key does.
 * A client that goes away (even while the upstream is silent) cancels the
   upstream request and closes its connection at once: tokens cost money.
-* A stream the upstream cuts short is cut short for the client too: the
-  response ends without its terminating chunk, never as if it were complete.
+* A stream the upstream cuts short (or that times out, or outlives the drain
+  window) is cut short for the client too: the response ends without its
+  terminating chunk, never as if it were complete.
 * Memory per request is bounded: a slow client pauses the upstream read
   (uvicorn's ``send`` waits for the socket to drain), and a request body is
   forwarded piece by piece as it arrives, never read whole.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -27,8 +30,10 @@ from yarl import URL
 from .asgi import Receive, Scope, Send
 from .config import Settings, Upstream
 from .context import NO_ROUTE_MESSAGE, RequestContext, get_or_create_context
+from .drain import Drain
 from .errors import send_error, upstream_failure
 from .headers import client_response_headers, upstream_request_headers
+from .pump import Heartbeat, StreamTimeout, pump
 from .routing import Route, strip_query_credentials
 from .upstream import UpstreamClient
 from .usage import UsageTap
@@ -39,9 +44,11 @@ logger = logging.getLogger("sluice.passthrough")
 class Passthrough:
     """Raw ASGI endpoint forwarding every request to the provider its path names."""
 
-    def __init__(self, settings: Settings, client: UpstreamClient) -> None:
+    def __init__(self, settings: Settings, client: UpstreamClient, drain: Drain) -> None:
         self.settings = settings
         self.client = client
+        self.drain = drain
+        self.active = 0  # upstream requests in flight in this process
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -62,7 +69,21 @@ class Passthrough:
             message = f"Sluice has no {ctx.route.provider} API key configured; set {upstream.key_setting}."
             await send_error(send, ctx.route.provider, 503, message)
             return
-        await _Exchange(self.client.session, scope, receive, send, ctx, ctx.route, upstream).run()
+        if self.active >= self.settings.pool_size:
+            # Refuse at once rather than queue: a queued request holds its
+            # client for nothing, and the client's retry can find another worker.
+            ctx.outcome, ctx.detail = "unavailable", "overloaded"
+            message = f"Sluice is at its limit of {self.settings.pool_size} concurrent upstream requests."
+            await send_error(send, ctx.route.provider, 503, message, [(b"retry-after", b"1")])
+            return
+        exchange = _Exchange(self, scope, receive, send, ctx, ctx.route, upstream)
+        self.active += 1
+        self.drain.in_flight.add(exchange)
+        try:
+            await exchange.run()
+        finally:
+            self.active -= 1
+            self.drain.in_flight.discard(exchange)
 
 
 def upstream_url(upstream: Upstream, route: Route, query_string: bytes) -> URL:
@@ -78,18 +99,29 @@ def upstream_url(upstream: Upstream, route: Route, query_string: bytes) -> URL:
     return URL(target, encoded=True)
 
 
+def credential_header(upstream: Upstream) -> tuple[str, str]:
+    key = upstream.api_key or ""
+    if upstream.provider == "gemini":
+        return "x-goog-api-key", key  # a header, never ?key=, so it stays out of URLs and logs
+    if upstream.provider == "anthropic":
+        return "x-api-key", key
+    return "Authorization", f"Bearer {key}"
+
+
 class _Exchange:
     """Per-request state for one forwarded request. Lives as long as the request."""
 
     __slots__ = (
+        "aborted",
         "client_gone",
         "ctx",
         "finished",
+        "owner",
         "receive",
         "route",
         "scope",
         "send",
-        "session",
+        "started",
         "task",
         "upstream",
         "watcher",
@@ -97,7 +129,7 @@ class _Exchange:
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
+        owner: Passthrough,
         scope: Scope,
         receive: Receive,
         send: Send,
@@ -105,36 +137,54 @@ class _Exchange:
         route: Route,
         upstream: Upstream,
     ) -> None:
-        self.ctx = ctx
-        self.session = session
+        self.owner = owner
         self.scope = scope
         self.receive = receive
         self.send = send
+        self.ctx = ctx
         self.route = route
         self.upstream = upstream
         self.task = asyncio.current_task()
         self.watcher: asyncio.Future[None] | None = None
-        self.client_gone = False
-        self.finished = False
+        self.client_gone = False  # the client left: we cancelled ourselves
+        self.aborted = False  # the drain window closed: we cancelled ourselves
+        self.started = False  # the response status went out
+        self.finished = False  # the final body message is being sent
 
     async def run(self) -> None:
         try:
             await self._forward()
         except asyncio.CancelledError:
-            if not self.client_gone:
+            if not (self.client_gone or self.aborted):
                 raise
-            # Our own cancellation, because the client left: not an error.
+            # Our own cancellation: not an error, and not to be propagated.
             if self.task is not None:
                 self.task.uncancel()
+            if self.aborted:
+                await self._after_abort()
         finally:
             if self.client_gone:
                 self.ctx.outcome, self.ctx.detail = "client_disconnected", None
             if self.watcher is not None:
                 self.watcher.cancel()
 
+    def abort(self) -> None:
+        """Called by the drain when its window closes."""
+        if not self.finished and self.task is not None and not self.task.done():
+            self.aborted = True
+            self.task.cancel()
+
+    async def _after_abort(self) -> None:
+        self.ctx.outcome, self.ctx.detail = "aborted", "drain_timeout"
+        if not self.started:
+            message = "Sluice is shutting down and could not finish this request in time."
+            await send_error(self.send, self.route.provider, 503, message, [(b"retry-after", b"1")])
+        # Otherwise: return without the final message, so the response is cut.
+
     async def _forward(self) -> None:
         first = await self.receive()
         if first["type"] == "http.disconnect":
+            self.client_gone = True
             return
         body: bytes = first.get("body", b"")
         self.ctx.bytes_in = len(body)
@@ -148,28 +198,18 @@ class _Exchange:
             self._watch_for_disconnect()
 
         headers = upstream_request_headers(self.scope["headers"])
-        headers.append(self._credential_header())
+        headers.append(credential_header(self.upstream))
         url = upstream_url(self.upstream, self.route, self.scope["query_string"])
+        session = self.owner.client.session
         try:
-            response = await self.session.request(
-                self.scope["method"], url, headers=headers, data=data, allow_redirects=False
-            )
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            if self.client_gone:
-                return
-            status, message = upstream_failure(exc, self.route.provider)
-            self.ctx.outcome, self.ctx.detail = (
-                "upstream_error",
-                "timeout" if status == 504 else "unreachable",
-            )
-            logger.warning(
-                "%s %s → %s upstream failed: %s",
-                self.scope["method"],
-                self.route.upstream_path,
-                self.route.provider,
-                message,
-            )
-            await send_error(self.send, self.route.provider, status, message)
+            # Time to headers counts from the start, so it includes the upload.
+            async with asyncio.timeout(self.owner.settings.headers_timeout):
+                response = await session.request(
+                    self.scope["method"], url, headers=headers, data=data, allow_redirects=False
+                )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if not self.client_gone:
+                await self._failed_before_response(exc)
             return
         try:
             await self._relay(response)
@@ -181,47 +221,53 @@ class _Exchange:
             else:
                 response.release()
 
-    def _credential_header(self) -> tuple[str, str]:
-        key = self.upstream.api_key or ""
-        if self.route.provider == "gemini":
-            return "x-goog-api-key", key  # a header, never ?key=, so it stays out of URLs and logs
-        if self.route.provider == "anthropic":
-            return "x-api-key", key
-        return "Authorization", f"Bearer {key}"
+    async def _failed_before_response(self, exc: BaseException) -> None:
+        status, message, kind = upstream_failure(exc, self.route.provider)
+        self.ctx.outcome, self.ctx.detail = ("unavailable" if status == 503 else "upstream_error"), kind
+        logger.warning(
+            "%s %s → %s upstream failed: %s",
+            self.scope["method"],
+            self.route.upstream_path,
+            self.route.provider,
+            message,
+        )
+        extra = [(b"retry-after", b"1")] if status == 503 else []
+        await send_error(self.send, self.route.provider, status, message, extra)
 
     async def _relay(self, response: aiohttp.ClientResponse) -> None:
         if response.status in (401, 403):
             await self._refused_credential(response.status)
             return
-        headers, _is_sse = client_response_headers(response.raw_headers)
+        headers, is_sse = client_response_headers(response.raw_headers)
         headers = self._note_request_id(headers)
         tap = UsageTap(
             self.route.provider,
             response.headers.get("content-type", "").encode("latin-1"),
             response.headers.get("content-encoding", "").encode("latin-1") or None,
         )
-        send = self.send
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
-        content = response.content
+        settings = self.owner.settings
+        heartbeat = None
+        if is_sse and self.upstream.heartbeat != "off":
+            heartbeat = Heartbeat(self.upstream.heartbeat, self.upstream.heartbeat_interval)
+        deadline = None
+        if settings.stream_deadline is not None:
+            # The deadline counts from the start of the request, not of the body.
+            elapsed = time.monotonic() - self.ctx.started
+            deadline = asyncio.get_running_loop().time() + settings.stream_deadline - elapsed
+        self.started = True
+        await self.send({"type": "http.response.start", "status": response.status, "headers": headers})
         try:
-            while chunk := await content.readany():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                tap.feed(chunk)  # after the send: observing never delays a byte
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            if self.client_gone:
-                return
-            # Headers are out, so the only honest signal left is to cut the
-            # response short: returning without the final message makes
-            # uvicorn close the connection without the terminating chunk.
-            self.ctx.outcome = "upstream_error"
-            self.ctx.detail = "idle_timeout" if isinstance(exc, TimeoutError) else "cut_mid_stream"
-            logger.warning(
-                "%s %s → %s upstream failed mid-stream (%s); aborting the client response",
-                self.scope["method"],
-                self.route.upstream_path,
-                self.route.provider,
-                exc.__class__.__name__,
+            await pump(
+                response.content,
+                self.send,
+                tap,
+                idle=settings.read_timeout,
+                deadline=deadline,
+                heartbeat=heartbeat,
             )
+        except (StreamTimeout, aiohttp.ClientError, OSError) as exc:
+            if not self.client_gone:
+                self._cut(exc)
             return
         finally:
             # Even a cut or abandoned stream has used tokens: record what was reported.
@@ -229,7 +275,21 @@ class _Exchange:
             if tap.model and not self.ctx.model:
                 self.ctx.model = tap.model
         self.finished = True
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _cut(self, exc: BaseException) -> None:
+        # Headers are out, so the only honest signal left is to cut the
+        # response short: returning without the final message makes
+        # uvicorn close the connection without the terminating chunk.
+        self.ctx.outcome = "upstream_error"
+        self.ctx.detail = exc.kind if isinstance(exc, StreamTimeout) else "cut_mid_stream"
+        logger.warning(
+            "%s %s → %s upstream stream failed (%s); aborting the client response",
+            self.scope["method"],
+            self.route.upstream_path,
+            self.route.provider,
+            self.ctx.detail,
+        )
 
     def _note_request_id(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """Keep the provider's request id, renamed where Sluice's own X-Request-ID goes."""
@@ -255,6 +315,7 @@ class _Exchange:
             status,
             self.upstream.key_setting,
         )
+        self.started = True
         await send_error(
             self.send,
             self.route.provider,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
+import resource
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +37,14 @@ def logging_config(level: str) -> dict[str, Any]:
     return config
 
 
+def raise_open_files_limit(wanted: int) -> None:
+    """Each stream holds two sockets; the usual soft limit of 1024 would cap a worker near 500 streams."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
     # A partial of a module-level function pickles, so the settings object
     # reaches spawned worker processes as it is, without re-reading anything.
@@ -55,11 +65,15 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         server_header=False,
         log_config=logging_config(settings.log_level),
         log_level=settings.log_level,
+        # Sluice's drain aborts what is left at SLUICE_DRAIN_TIMEOUT; this is
+        # uvicorn's own backstop, in case anything outlives that.
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout) + 10,
     )
 
 
 def serve(settings: Settings, on_listening: Callable[[str], None]) -> None:
     """Serve until SIGINT/SIGTERM. ``on_listening`` gets the base URL once the socket is bound."""
+    raise_open_files_limit(2 * settings.pool_size + 1024)
     sock = bind_socket(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host

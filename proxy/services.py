@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from .config import Settings
+from .drain import Drain
 from .keys import KeyStore
 from .limits import Limiter
 from .limits.memory import MemoryLimiter
@@ -24,6 +25,7 @@ class Services:
     keys: KeyStore | None
     limiter: Limiter
     access_log: LogWriter
+    drain: Drain
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -41,10 +43,12 @@ class Services:
             keys=KeyStore(settings.keys_file) if settings.auth_enforced and settings.keys_file else None,
             limiter=limiter,
             access_log=LogWriter(settings.access_log),
+            drain=Drain(settings.drain_timeout),
         )
 
     async def start(self) -> None:
         await self.upstream.open()
+        self.drain.install()
         if self.keys is None:
             if self.settings.auth == "off":
                 logger.warning(
@@ -62,6 +66,9 @@ class Services:
         self.access_log.close()
 
     async def ready(self) -> tuple[bool, dict[str, str]]:
+        if self.drain.draining:
+            # Tell load balancers first: new work should go elsewhere now.
+            return False, {"draining": "shutting down"}
         checks = {"upstream_session": "ok" if self.upstream.is_open else "closed"}
         if self.settings.redis_url:
             checks["redis"] = "ok" if await self.limiter.ping() else "unreachable"

@@ -40,8 +40,10 @@ class UpstreamClient:
     async def open(self) -> None:
         s = self.settings
         connector = aiohttp.TCPConnector(
-            limit=s.pool_size,
-            limit_per_host=0,  # one upstream host takes all the traffic
+            # No limit here: aiohttp would queue requests for a free connection
+            # without bound; the passthrough caps concurrency itself and answers
+            # 503 at once instead (SLUICE_POOL_SIZE).
+            limit=0,
             ttl_dns_cache=300,
         )
         self._session = aiohttp.ClientSession(
@@ -50,11 +52,10 @@ class UpstreamClient:
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
             skip_auto_headers=_NO_AUTO_HEADERS,
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                connect=s.connect_timeout,
-                sock_read=s.read_timeout,
-            ),
+            # Only the connect timeout is aiohttp's. The time to headers and the
+            # idle time between chunks are timed by the passthrough, which knows
+            # a slow client (backpressure) from a silent upstream.
+            timeout=aiohttp.ClientTimeout(total=None, connect=s.connect_timeout, sock_read=None),
             # Provider responses carry long rate-limit and trace headers.
             max_field_size=32 * 1024,
         )

@@ -68,14 +68,14 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def start_sluice(log_path: Path, env: dict[str, str], *args: str, timeout: float = 20.0) -> SluiceProcess:
     """Start ``python -m proxy serve`` on a free port; return once it is listening."""
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--port", "0", *args],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=log_path.parent,  # no stray .env from the repository
-    )
+    with log_path.open("wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "--port", "0", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=log_path.parent,  # no stray .env from the repository
+        )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = log_path.read_text(errors="replace")

@@ -126,3 +126,53 @@ def test_port_in_use_is_one_line() -> None:
         result = _run_cli("serve", "--port", str(taken.getsockname()[1]))
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_heartbeat_settings_per_provider() -> None:
+    s = load_settings({})
+    assert {p: (u.heartbeat, u.heartbeat_interval) for p, u in s.upstreams.items()} == {
+        "openai": ("comment", 15.0),
+        "gemini": ("blank", 15.0),  # google-genai cannot parse SSE comments
+        "anthropic": ("comment", 15.0),
+    }
+    s = load_settings(
+        {
+            "SLUICE_HEARTBEAT_INTERVAL": "5",
+            "SLUICE_ANTHROPIC_HEARTBEAT_INTERVAL": "2",
+            "SLUICE_OPENAI_HEARTBEAT": "off",
+        }
+    )
+    assert s.upstreams["openai"].heartbeat == "off"
+    assert s.upstreams["gemini"].heartbeat_interval == 5.0
+    assert s.upstreams["anthropic"].heartbeat_interval == 2.0
+    assert all(
+        u.heartbeat == "off" for u in load_settings({"SLUICE_HEARTBEAT_INTERVAL": "0"}).upstreams.values()
+    )
+
+
+def test_stream_timeouts() -> None:
+    s = load_settings({})
+    assert (s.headers_timeout, s.read_timeout, s.stream_deadline, s.drain_timeout) == (
+        900.0,
+        600.0,
+        None,
+        900.0,
+    )
+    s = load_settings({"SLUICE_STREAM_DEADLINE": "3600", "SLUICE_DRAIN_TIMEOUT": "0"})
+    assert (s.stream_deadline, s.drain_timeout) == (3600.0, 0.0)
+    with pytest.raises(ConfigError, match="SLUICE_GEMINI_HEARTBEAT"):
+        load_settings({"SLUICE_GEMINI_HEARTBEAT": "loud"})
+    with pytest.raises(ConfigError, match="SLUICE_STREAM_DEADLINE"):
+        load_settings({"SLUICE_STREAM_DEADLINE": "-1"})
+
+
+def test_config_file_errors_name_the_setting(tmp_path: Path) -> None:
+    bad = tmp_path / "sluice.toml"
+    bad.write_text("[middleware]\nchain = 'auth'\n")
+    with pytest.raises(ConfigError, match="SLUICE_CONFIG"):
+        load_settings({"SLUICE_CONFIG": str(bad)})
+    bad.write_text("[middlewares]\n")
+    with pytest.raises(ConfigError, match="unknown entries"):
+        load_settings({"SLUICE_CONFIG": str(bad)})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings({"SLUICE_CONFIG": str(tmp_path / "absent.toml")})

@@ -136,7 +136,7 @@ async def test_server_held_keys_never_leave(
         **{
             **upstream_env(mock),
             "SLUICE_OPENAI_UPSTREAM": "http://127.0.0.1:9",  # discard port: nothing listens
-            "SLUICE_READ_TIMEOUT": "0.5",
+            "SLUICE_HEADERS_TIMEOUT": "0.5",
             "ANTHROPIC_API_KEY": "",
         }
     )
