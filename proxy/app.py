@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from .config import Settings
+from .dispatch import Dispatch
 from .middleware import build_chain
 from .passthrough import Passthrough
 from .services import Services
@@ -19,7 +20,8 @@ from .services import Services
 def create_app(settings: Settings) -> Starlette:
     """Build the app for one worker process. Shared resources open in the lifespan."""
     services = Services.build(settings)
-    chain = build_chain(Passthrough(settings, services.upstream, services.drain), services)
+    passthrough = Passthrough(settings, services.upstream, services.drain)
+    chain = build_chain(Dispatch(passthrough), services)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

@@ -68,6 +68,9 @@ class RequestContext:
     detail: str | None = None  # a short reason for a non-ok outcome, no secrets
     route: Route | None = None
     path_error: tuple[int, str] | None = None  # (status, message) when the path cannot be served
+    # "proxy": a provider API path for the passthrough. "api": Sluice's own API
+    # under /api/ (provider and model come from the request body, set there).
+    kind: Literal["proxy", "api"] = "proxy"
     key: object | None = None  # the authenticated ClientKey (typed loosely to keep this module leaf-level)
 
 
@@ -104,6 +107,9 @@ def new_context(scope: Scope) -> RequestContext:
         path=raw_path[:512].decode("latin-1"),
         client=client[0] if client else None,
     )
+    if raw_path.startswith(API_PREFIX):
+        ctx.kind = "api"
+        return ctx
     try:
         validate_path(raw_path)
     except BadPath as exc:
@@ -119,6 +125,8 @@ def new_context(scope: Scope) -> RequestContext:
         ctx.model = model_from_path(ctx.route.upstream_path)
     return ctx
 
+
+API_PREFIX = b"/api/"
 
 NO_ROUTE_MESSAGE = (
     "No provider serves this path. Use /openai/…, /gemini/…, /anthropic/… or an SDK's own "
