@@ -11,9 +11,10 @@ ARGS   ?=
 
 .PHONY: run test lint typecheck unit clean system-deps
 
-# Debian packages the integration tests run for real (a Redis server; later
-# nginx). Installed when missing; the tests fail rather than skip under CI.
-SYSTEM_PACKAGES := redis-server nginx
+# Debian packages the tests run for real, as command:package pairs: a Redis
+# server, nginx, openssl (test certificates) and systemd-analyze (checks the
+# unit file). Installed when missing; the tests fail rather than skip under CI.
+SYSTEM_PACKAGES := redis-server:redis-server nginx:nginx openssl:openssl systemd-analyze:systemd
 
 # Runtime dependencies only.
 $(VENV)/.run-installed: pyproject.toml
@@ -42,8 +43,8 @@ typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy
 
 system-deps:
-	@missing=""; for pkg in $(SYSTEM_PACKAGES); do \
-	  command -v $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import PROVIDERS, ConfigError, Settings, Upstream, load_settings
-from .demo import banner
+from .demo import banner, start_warnings
 
 EXIT_CONFIG = 2
 
@@ -158,6 +158,8 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     def on_listening(url: str) -> None:
         print(banner(settings, url), flush=True)
+        for warning in start_warnings(settings):
+            print(f"WARNING:  {warning}", file=sys.stderr, flush=True)
 
     serve(settings, on_listening)
     return 0

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
+from .forwarded import Network, parse_networks
+
 ProviderName = Literal["openai", "gemini", "anthropic"]
 PROVIDERS: tuple[ProviderName, ...] = ("openai", "gemini", "anthropic")
 
@@ -104,6 +106,8 @@ class Settings:
     openai_include_usage: bool = False
     # Bodies are read whole only to check a key's model list; this bounds that.
     max_inspect_bytes: int = 32 * 1024 * 1024
+    # Proxies whose X-Forwarded-For is believed (e.g. nginx on 127.0.0.1).
+    trusted_proxies: tuple[Network, ...] = ()
     chain: tuple[str, ...] = DEFAULT_CHAIN
     middleware_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     log_level: LogLevel = "info"
@@ -115,6 +119,7 @@ class Settings:
 
 
 T = TypeVar("T")
+_NO_NETWORKS: tuple[Network, ...] = ()
 
 
 def _parse(env: Mapping[str, str], name: str, default: T, convert: Callable[[str], T]) -> T:
@@ -232,6 +237,7 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
         "access_log": _parse(env, "SLUICE_ACCESS_LOG", "stdout", str),
         "log_bodies": _parse(env, "SLUICE_LOG_BODIES", False, _boolean),
         "openai_include_usage": _parse(env, "SLUICE_OPENAI_INCLUDE_USAGE", False, _boolean),
+        "trusted_proxies": _parse(env, "SLUICE_TRUSTED_PROXIES", _NO_NETWORKS, parse_networks),
         "max_inspect_bytes": _parse(
             env, "SLUICE_MAX_INSPECT_BYTES", 32 * 1024 * 1024, _int_between(1024, 1 << 34)
         ),

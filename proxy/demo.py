@@ -16,6 +16,16 @@ def banner(settings: Settings, url: str) -> str:
     return "\n".join(lines)
 
 
+def start_warnings(settings: Settings) -> list[str]:
+    warnings = []
+    if settings.workers > 1 and not settings.redis_url:
+        warnings.append(
+            f"{settings.workers} workers without SLUICE_REDIS_URL: rate limits and concurrency "
+            "slots are kept per worker, so each key gets up to that many times its limits"
+        )
+    return warnings
+
+
 def _try_it(url: str) -> str:
     return f"""
 No provider key is configured, so every provider is served by the built-in mock.

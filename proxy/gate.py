@@ -11,19 +11,23 @@ import time
 
 from .asgi import ASGIApp, Message, Receive, Scope, Send
 from .context import get_or_create_context
+from .forwarded import TrustedProxies
 from .metrics import Metrics
 
 
 class Gate:
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, proxies: TrustedProxies) -> None:
         self.app = app
         self.metrics = metrics
+        self.proxies = proxies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         ctx = get_or_create_context(scope)
+        if self.proxies.networks:
+            ctx.client = self.proxies.client(ctx.client, scope["headers"])
         id_header = (b"x-request-id", ctx.request_id.encode())
 
         async def tracked_send(message: Message) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 
 from ..asgi import ASGIApp
 from ..config import ConfigError
+from ..forwarded import TrustedProxies
 from ..gate import Gate
 from ..services import Services
 from .access_log import AccessLog
@@ -83,4 +84,4 @@ def build_chain(endpoint: ASGIApp, services: Services) -> ASGIApp:
                 raise ConfigError(
                     "SLUICE_CONFIG", f"middleware {name!r} rejected its options: {exc}"
                 ) from None
-    return Gate(app, services.metrics)
+    return Gate(app, services.metrics, TrustedProxies(settings.trusted_proxies))
