@@ -395,6 +395,8 @@ _ANTHROPIC_ERR = {
 
 
 def error_body(provider: str, status: int, message: str) -> JSON:
+    if provider == "google-oauth":  # Google's token endpoint speaks RFC 6749
+        return {"error": "invalid_grant", "error_description": message}
     if provider == "anthropic":
         kind = _ANTHROPIC_ERR.get(status, "api_error")
         return {"type": "error", "error": {"type": kind, "message": message}}
@@ -408,6 +410,8 @@ def provider_for(path: str, headers: Mapping[str, str], query: Mapping[str, str]
     """Which provider's dialect to answer in (errors, /models)."""
     if path.endswith("/messages") or "anthropic-version" in headers:
         return "anthropic"
+    if path.endswith("/token"):
+        return "google-oauth"
     last = path.rsplit("/", 1)[-1]
     if ":" in last or "x-goog-api-key" in headers or "key" in query:
         return "gemini"
@@ -422,7 +426,7 @@ def provider_headers(provider: str, rid: str, remaining: int) -> dict[str, str]:
             "anthropic-ratelimit-requests-limit": "1000",
             "anthropic-ratelimit-requests-remaining": str(remaining),
         }
-    if provider == "gemini":
+    if provider in ("gemini", "google-oauth"):
         return {}
     return {
         "x-request-id": f"req_{rid}",

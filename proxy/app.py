@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
+from .admin import admin_routes, credential_states
 from .config import Settings
 from .dispatch import Dispatch
 from .middleware import build_chain
@@ -20,7 +21,7 @@ from .services import Services
 def create_app(settings: Settings) -> Starlette:
     """Build the app for one worker process. Shared resources open in the lifespan."""
     services = Services.build(settings)
-    passthrough = Passthrough(settings, services.upstream, services.drain)
+    passthrough = Passthrough(settings, services.upstream, services.drain, services.pools)
     chain = build_chain(Dispatch(passthrough), services)
 
     @asynccontextmanager
@@ -37,9 +38,9 @@ def create_app(settings: Settings) -> Starlette:
 
     async def readyz(_request: Request) -> Response:
         ready, checks = await services.ready()
-        return JSONResponse(
-            {"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503
-        )
+        body: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": checks}
+        body["credentials"] = credential_states(services)  # labels and states, never secrets
+        return JSONResponse(body, 200 if ready else 503)
 
     async def metrics(_request: Request) -> Response:
         return PlainTextResponse(services.metrics.render(), media_type="text/plain; version=0.0.4")
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics, methods=["GET"]),
+        *admin_routes(services),
         # Everything else is a provider API call.
         Mount("/", app=chain),
     ]

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from . import __version__
-from .config import PROVIDERS, ConfigError, Settings, Upstream, load_settings
+from .config import PROVIDERS, ConfigError, Settings, load_settings
+from .credentials import CredentialSpec
 from .demo import banner, start_warnings
 
 EXIT_CONFIG = 2
@@ -137,8 +138,9 @@ def read_environment(env_file: Path | None) -> dict[str, str]:
 
 
 def _with_mock(settings: Settings, mock_url: str) -> Settings:
+    mock_key = (CredentialSpec("mock", "api_key", "sluice-mock-key"),)
     upstreams = {
-        p: Upstream(provider=p, base_url=mock_url, api_key="sluice-mock-key", key_setting=u.key_setting)
+        p: dataclasses.replace(u, base_url=mock_url, credentials=mock_key)
         for p, u in settings.upstreams.items()
     }
     return dataclasses.replace(settings, upstreams=upstreams, mock=True)

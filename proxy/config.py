@@ -7,6 +7,7 @@ one clear line instead of a traceback on the first request.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import tomllib
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
+from .credentials import CredentialError, CredentialSpec, from_env_value
+from .credentials import from_config as credentials_from_config
 from .forwarded import Network, parse_networks
 
 ProviderName = Literal["openai", "gemini", "anthropic"]
@@ -63,14 +66,19 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
-    """Where one provider's requests go, and the key Sluice adds to them."""
+    """Where one provider's requests go, and the credentials Sluice adds to them."""
 
     provider: ProviderName
     base_url: str  # scheme://host[:port][/prefix], no trailing slash
-    api_key: str | None = field(repr=False)  # never printed, not even in a repr
-    key_setting: str  # the setting to name when the key is missing
+    credentials: tuple[CredentialSpec, ...]  # in failover order; their secrets never print
+    key_setting: str  # the setting to name when there is no credential
     heartbeat: HeartbeatStyle = "comment"
     heartbeat_interval: float = 15.0  # seconds of upstream silence before a heartbeat
+
+    @property
+    def api_key(self) -> str | None:
+        """The first API key, if any (the simple, single-key case)."""
+        return next((c.api_key for c in self.credentials if c.kind == "api_key"), None)
 
     @property
     def origin(self) -> tuple[str, str, int]:
@@ -95,6 +103,10 @@ class Settings:
     stream_deadline: float | None = None  # overall cap from request start; None: no cap
     drain_timeout: float = 900.0  # on SIGTERM, how long in-flight requests may finish
     pool_size: int = 10_000  # concurrent upstream requests per worker; beyond: 503
+    failover_cooldown: float = 300.0  # a refused credential is skipped this long
+    connect_retries: int = 2  # extra attempts when the upstream cannot be reached
+    retry_body_limit: int = 4 * 1024 * 1024  # larger request bodies stream through, unretried
+    admin_token: str | None = field(default=None, repr=False)  # enables /admin/*
     # auto: client keys are required when a keys file is configured; without
     # one Sluice serves loopback only. on: a keys file is required. off: none.
     auth: AuthMode = "auto"
@@ -193,7 +205,8 @@ def _upstream(env: Mapping[str, str], provider: ProviderName) -> Upstream:
     name = provider.upper()
     base_url = _parse(env, f"SLUICE_{name}_UPSTREAM", DEFAULT_UPSTREAMS[provider], validate_base_url)
     key_names = KEY_SETTINGS[provider]
-    api_key = next((env[n].strip() for n in key_names if env.get(n, "").strip()), None)
+    setting = next((n for n in key_names if env.get(n, "").strip()), None)
+    credentials = from_env_value(setting, env[setting]) if setting else ()
     interval = _parse(env, "SLUICE_HEARTBEAT_INTERVAL", 15.0, _non_negative_float)
     interval = _parse(env, f"SLUICE_{name}_HEARTBEAT_INTERVAL", interval, _non_negative_float)
     default_style: str = DEFAULT_HEARTBEAT_STYLE[provider]
@@ -201,7 +214,7 @@ def _upstream(env: Mapping[str, str], provider: ProviderName) -> Upstream:
     style = cast(HeartbeatStyle, raw_style)
     if interval == 0:
         style = "off"
-    return Upstream(provider, base_url, api_key, key_names[0], style, interval or 15.0)
+    return Upstream(provider, base_url, credentials, key_names[0], style, interval or 15.0)
 
 
 def is_loopback(host: str) -> bool:
@@ -230,6 +243,10 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
         "stream_deadline": _parse(env, "SLUICE_STREAM_DEADLINE", 0.0, _non_negative_float) or None,
         "drain_timeout": _parse(env, "SLUICE_DRAIN_TIMEOUT", 900.0, _non_negative_float),
         "pool_size": _parse(env, "SLUICE_POOL_SIZE", 10_000, _int_between(1, 1_000_000)),
+        "failover_cooldown": _parse(env, "SLUICE_FAILOVER_COOLDOWN", 300.0, _non_negative_float),
+        "connect_retries": _parse(env, "SLUICE_CONNECT_RETRIES", 2, _int_between(0, 10)),
+        "retry_body_limit": _parse(env, "SLUICE_RETRY_BODY_LIMIT", 4 * 1024 * 1024, _int_between(0, 1 << 30)),
+        "admin_token": _parse(env, "SLUICE_ADMIN_TOKEN", None, str),
         "auth": _parse(env, "SLUICE_AUTH", "auto", _choice("auto", "on", "off")),
         "keys_file": _parse(env, "SLUICE_KEYS_FILE", None, Path),
         "redis_url": _parse(env, "SLUICE_REDIS_URL", None, _redis_url),
@@ -247,7 +264,14 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
     }
     config_file = _parse(env, "SLUICE_CONFIG", None, Path)
     if config_file is not None:
-        values.update(_load_config_file(config_file))
+        file_values = _load_config_file(config_file)
+        if "providers" in file_values:
+            values["upstreams"] = _configured_credentials(
+                file_values.pop("providers"),
+                values["upstreams"],  # type: ignore[arg-type]
+                env,
+            )
+        values.update(file_values)
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_exposure(settings)
@@ -278,10 +302,12 @@ def _load_config_file(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("SLUICE_CONFIG", f"{path} is not valid TOML: {exc}") from None
     middleware = data.get("middleware", {})
-    unknown = set(data) - {"middleware"} | set(middleware) - {"chain", "options"}
+    unknown = set(data) - {"middleware", "providers"} | set(middleware) - {"chain", "options"}
     if unknown:
         raise ConfigError("SLUICE_CONFIG", f"unknown entries in {path}: {', '.join(sorted(unknown))}")
     values: dict[str, Any] = {}
+    if "providers" in data:
+        values["providers"] = data["providers"]  # read with the environment, in load_settings
     if "chain" in middleware:
         chain = middleware["chain"]
         if not isinstance(chain, list) or not all(isinstance(c, str) and c for c in chain):
@@ -292,6 +318,24 @@ def _load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError("SLUICE_CONFIG", "middleware.options must map a middleware to a table of options")
     values["middleware_options"] = options
     return values
+
+
+def _configured_credentials(
+    providers: Any, upstreams: Mapping[ProviderName, Upstream], env: Mapping[str, str]
+) -> dict[ProviderName, Upstream]:
+    """``[[providers.<name>.credentials]]`` replace that provider's credentials from the environment."""
+    if not isinstance(providers, dict) or set(providers) - set(PROVIDERS):
+        raise ConfigError("SLUICE_CONFIG", f"providers must be a table with any of {', '.join(PROVIDERS)}")
+    result = dict(upstreams)
+    for name, table in providers.items():
+        if not isinstance(table, dict) or set(table) - {"credentials"}:
+            raise ConfigError("SLUICE_CONFIG", f"providers.{name} may only hold a credentials list")
+        try:
+            specs = credentials_from_config(name, table.get("credentials"), env)
+        except CredentialError as exc:
+            raise ConfigError("SLUICE_CONFIG", str(exc)) from None
+        result[name] = dataclasses.replace(upstreams[name], credentials=specs)
+    return result
 
 
 def _check_exposure(settings: Settings) -> None:

@@ -65,6 +65,7 @@ class RequestContext:
     usage: Usage | None = None
     outcome: Outcome = "ok"
     upstream_request_id: str | None = None
+    credential: str | None = None  # the label of the server-held credential that served it
     detail: str | None = None  # a short reason for a non-ok outcome, no secrets
     route: Route | None = None
     path_error: tuple[int, str] | None = None  # (status, message) when the path cannot be served

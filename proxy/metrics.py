@@ -146,12 +146,18 @@ class Metrics:
         self.auth_rejections = Counter(
             "sluice_auth_rejections_total", "Requests refused by client authentication.", ("reason",)
         )
+        self.failovers = Counter(
+            "sluice_credential_failovers_total",
+            "Server-held credentials taken out of use, by provider, label and reason (401, 403, 429, token).",
+            ("provider", "label", "reason"),
+        )
         self.limiter_errors = Counter(
             "sluice_limiter_errors_total", "Rate-limit backend failures, by the policy applied.", ("policy",)
         )
         self._all = (
             self.requests, self.in_flight, self.ttfb, self.duration, self.tokens,
             self.upstream_errors, self.rate_limited, self.auth_rejections, self.limiter_errors,
+            self.failovers,
         )  # fmt: skip
 
     def request_started(self, ctx: RequestContext) -> None:

@@ -5,6 +5,10 @@ and Anthropic wire formats, with per-request fault injection driven by
 Every request is recorded in :class:`MockState` so tests can assert what the
 upstream saw (headers, body hash) and how the exchange ended (completed,
 client_closed, dropped, error_injected) and when.
+
+Credentials can be steered too (see ``proxy._mock_auth``): per-key error rules,
+a Google OAuth2 token endpoint (``…/token``) that verifies service-account
+JWTs, and Vertex AI routes that demand the access tokens it issued.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
 
+from proxy import _mock_auth as auth
 from proxy import _mock_formats as fmt
 from proxy._mock_formats import mock_tokens
 
@@ -88,10 +94,12 @@ class MockRecord:
         return {k: v for k, v in vars(self).items() if k != "_sent"}
 
 
-class MockState:
-    """All mutable mock state; shared between the server loop and tests."""
+class MockState(auth.AuthState):
+    """All mutable mock state; shared between the server loop and tests.
+    Key rules, service accounts and OAuth2 tokens come from ``AuthState``."""
 
     def __init__(self, default_tokens: int = 12, default_delay_ms: float = 0.0) -> None:
+        super().__init__()
         self.default_tokens = default_tokens
         self.default_delay_ms = default_delay_ms
         self.records: list[MockRecord] = []
@@ -99,6 +107,16 @@ class MockState:
 
     def reset(self) -> None:
         self.records.clear()
+        self.reset_auth()
+
+    def attempts_by_key(self, path_suffix: str | None = None) -> Counter[str]:
+        """How many recorded requests presented each credential."""
+        return Counter(
+            cred
+            for rec in list(self.records)
+            if path_suffix is None or rec.path.endswith(path_suffix)
+            for cred in auth.presented_credentials(rec.headers, rec.query)
+        )
 
     def new_record(self, request: web.BaseRequest) -> MockRecord:
         self._next_id += 1
@@ -176,12 +194,13 @@ class _Exchange:
     """One request/response: body reading, writing, pacing and fault injection."""
 
     def __init__(self, request: web.Request, rec: MockRecord, state: MockState) -> None:
-        self.request, self.rec = request, rec
+        self.request, self.rec, self.state = request, rec, state
         self.ctl = _Control.parse(rec.headers, state)
         self.query = dict(request.query)
         self.provider = fmt.provider_for(rec.path, rec.headers, self.query)
         self.resp: web.StreamResponse | None = None
         self.body: dict[str, Any] = {}
+        self.raw = b""  # the body as sent, when it fits in _PARSE_CAP (form posts)
         self.written = 0
 
     async def read_body(self) -> None:
@@ -194,6 +213,7 @@ class _Exchange:
                 keep += chunk[: _PARSE_CAP - len(keep)]
         self.rec.body_sha256 = digest.hexdigest()
         if keep and self.rec.body_bytes <= _PARSE_CAP:
+            self.raw = bytes(keep)
             try:
                 parsed = json.loads(keep)
             except ValueError:  # multipart / binary bodies are fine too
@@ -342,6 +362,24 @@ async def _gemini(ex: _Exchange, m: re.Match[str]) -> web.StreamResponse:
     return await ex.send_error(404, f"Method {method} not found")
 
 
+async def _vertex(ex: _Exchange, m: re.Match[str]) -> web.StreamResponse:
+    # Vertex wants an OAuth2 token (here: one our token endpoint issued and
+    # that is still live), then answers in the Gemini wire format.
+    if not ex.state.token_valid(auth.bearer_token(ex.rec.headers)):
+        body = fmt.error_body("gemini", 401, auth.UNAUTHENTICATED_MESSAGE)
+        return await ex.send_json(body, 401, auth.UNAUTHENTICATED_HEADERS)
+    return await _gemini(ex, m)
+
+
+async def _token(ex: _Exchange, _: re.Match[str]) -> web.StreamResponse:
+    if ex.state.token_endpoint_status is not None:
+        ex.rec.close("error_injected")
+    # The audience a client may sign for is the URL it used to reach us.
+    url = f"{ex.request.scheme}://{ex.request.host}{ex.rec.path}"
+    status, body = ex.state.exchange_token(ex.raw, url)
+    return await ex.send_json(body, status)
+
+
 async def _messages(ex: _Exchange, _: re.Match[str]) -> web.StreamResponse:
     if ex.body.get("stream"):
         return await ex.send_stream(fmt.anthropic_stream(ex.reply()))
@@ -370,6 +408,7 @@ async def _bytes(ex: _Exchange, _: re.Match[str]) -> web.StreamResponse:
     return await ex.send_stream(plan)
 
 
+_GEMINI_PATH = r"/models/(?P<model>[^/:]+):(?P<method>\w+)$"
 # (method, path-end regex, handler); matched on the END of the path so any
 # upstream base-URL prefix (e.g. /openai/v1/...) works.
 _ROUTES: list[tuple[str, re.Pattern[str], Route]] = [
@@ -377,7 +416,11 @@ _ROUTES: list[tuple[str, re.Pattern[str], Route]] = [
     ("POST", re.compile(r"/responses$"), _responses),
     ("POST", re.compile(r"/embeddings$"), _embeddings),
     ("GET", re.compile(r"/models(?:/(?P<id>[^/:]+))?$"), _models),
-    ("POST", re.compile(r"/models/(?P<model>[^/:]+):(?P<method>\w+)$"), _gemini),
+    # Vertex before Gemini: the Gemini pattern matches the end of Vertex paths
+    # too. Express mode (…/publishers/google/models/m:x, no project) is Gemini.
+    ("POST", re.compile(r"/projects/[^/]+/locations/[^/]+/publishers/google" + _GEMINI_PATH), _vertex),
+    ("POST", re.compile(_GEMINI_PATH), _gemini),
+    ("POST", re.compile(r"/token$"), _token),
     ("POST", re.compile(r"/messages$"), _messages),
     ("POST", re.compile(r"/files$"), _files),
     ("GET", re.compile(r"/_mock/bytes$"), _bytes),
@@ -391,6 +434,11 @@ async def _serve(ex: _Exchange) -> web.StreamResponse:
     if ex.ctl.status is not None and ex.ctl.status >= 400:
         ex.rec.close("error_injected")
         return await ex.send_error(ex.ctl.status, _injected_message(ex.ctl.status, ex.request.headers))
+    rule = ex.state.key_rule_for(auth.presented_credentials(ex.rec.headers, ex.rec.query))
+    if rule is not None:  # the upstream's verdict on this key, whatever was asked
+        ex.rec.close("error_injected")
+        ex.ctl = replace(ex.ctl, retry_after=rule.retry_after_header)
+        return await ex.send_error(rule.status, _injected_message(rule.status, ex.request.headers))
     for method, pattern, route in _ROUTES:
         match = pattern.search(ex.rec.path)
         if match and ex.request.method == method:
@@ -406,6 +454,8 @@ def _make_handler(state: MockState) -> Callable[[web.Request], Awaitable[web.Str
         if path.endswith("/_mock/reset") and request.method == "POST":
             state.reset()
             return web.json_response({"ok": True})
+        if path.endswith("/_mock/keys") and request.method in ("POST", "DELETE"):
+            return await _keys_control(state, request)
         ex = _Exchange(request, state.new_record(request), state)
         try:
             resp = await _serve(ex)
@@ -424,6 +474,15 @@ def _make_handler(state: MockState) -> Callable[[web.Request], Awaitable[web.Str
             raise
 
     return handler
+
+
+async def _keys_control(state: MockState, request: web.Request) -> web.Response:
+    """POST {"key", "status", "retry_after"?} adds a key rule; DELETE clears all."""
+    try:
+        state.key_rule_control(await request.json() if request.method == "POST" else None)
+    except (ValueError, TypeError, KeyError) as exc:
+        return web.json_response({"ok": False, "error": repr(exc)}, status=400)
+    return web.json_response({"ok": True})
 
 
 def _injected_message(status: int, headers: Mapping[str, str]) -> str:

@@ -22,21 +22,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
-from yarl import URL
 
-from .asgi import Receive, Scope, Send
+from .asgi import Message, Receive, Scope, Send
 from .config import Settings, Upstream
 from .context import NO_ROUTE_MESSAGE, RequestContext, get_or_create_context
 from .drain import Drain
 from .errors import send_error, upstream_failure
 from .headers import client_response_headers, upstream_request_headers
+from .pool import CredentialPool
 from .pump import Heartbeat, StreamTimeout, pump
-from .routing import Route, strip_query_credentials
+from .routing import Route
 from .upstream import UpstreamClient
 from .usage import UsageTap
+from .vertex import TokenError
 
 logger = logging.getLogger("sluice.passthrough")
 
@@ -44,10 +45,13 @@ logger = logging.getLogger("sluice.passthrough")
 class Passthrough:
     """Raw ASGI endpoint forwarding every request to the provider its path names."""
 
-    def __init__(self, settings: Settings, client: UpstreamClient, drain: Drain) -> None:
+    def __init__(
+        self, settings: Settings, client: UpstreamClient, drain: Drain, pools: Mapping[str, CredentialPool]
+    ) -> None:
         self.settings = settings
         self.client = client
         self.drain = drain
+        self.pools = pools
         self.active = 0  # upstream requests in flight in this process
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -64,7 +68,7 @@ class Passthrough:
             await send_error(send, provider, status, message)  # type: ignore[arg-type]
             return
         upstream = self.settings.upstreams[ctx.route.provider]
-        if upstream.api_key is None:
+        if not upstream.credentials:
             ctx.outcome, ctx.detail = "unavailable", "no_provider_key"
             message = f"Sluice has no {ctx.route.provider} API key configured; set {upstream.key_setting}."
             await send_error(send, ctx.route.provider, 503, message)
@@ -86,26 +90,32 @@ class Passthrough:
             self.drain.in_flight.discard(exchange)
 
 
-def upstream_url(upstream: Upstream, route: Route, query_string: bytes) -> URL:
-    """The base URL from configuration plus the validated path, byte for byte.
-
-    ``encoded=True`` stops yarl from re-quoting what the client sent; the path
-    has been validated, so nothing in it can change the origin.
-    """
-    query = strip_query_credentials(query_string)
-    target = upstream.base_url + route.upstream_path
-    if query:
-        target += "?" + query.decode("latin-1")
-    return URL(target, encoded=True)
-
-
 def credential_header(upstream: Upstream) -> tuple[str, str]:
+    """The header carrying the provider's first API key, for callers outside the failover loop."""
     key = upstream.api_key or ""
     if upstream.provider == "gemini":
-        return "x-goog-api-key", key  # a header, never ?key=, so it stays out of URLs and logs
+        return "x-goog-api-key", key
     if upstream.provider == "anthropic":
         return "x-api-key", key
     return "Authorization", f"Bearer {key}"
+
+
+class _Refused(Exception):
+    """Every credential tried was refused; ``reason`` is the last status or "token"."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
 
 
 class _Exchange:
@@ -186,30 +196,23 @@ class _Exchange:
         if first["type"] == "http.disconnect":
             self.client_gone = True
             return
-        body: bytes = first.get("body", b"")
-        self.ctx.bytes_in = len(body)
-        data: bytes | AsyncIterator[bytes] | None
-        if first.get("more_body", False):
-            data = self._stream_body(body)
-        else:
-            # The whole body is already here (always so for GET and small
-            # JSON requests): send it as bytes and start watching right away.
-            data = body or None
-            self._watch_for_disconnect()
-
+        data, replayable = await self._request_body(first)
+        if self.client_gone:
+            return
         headers = upstream_request_headers(self.scope["headers"])
-        headers.append(credential_header(self.upstream))
-        url = upstream_url(self.upstream, self.route, self.scope["query_string"])
-        session = self.owner.client.session
         try:
-            # Time to headers counts from the start, so it includes the upload.
+            # Time to headers counts from the start, so it includes the upload
+            # and any failover attempts.
             async with asyncio.timeout(self.owner.settings.headers_timeout):
-                response = await session.request(
-                    self.scope["method"], url, headers=headers, data=data, allow_redirects=False
-                )
+                response = await self._attempts(headers, data, replayable)
+        except _Refused as refused:
+            await self._refused_credential(refused.reason)
+            return
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             if not self.client_gone:
                 await self._failed_before_response(exc)
+            return
+        if response is None:
             return
         try:
             await self._relay(response)
@@ -220,6 +223,91 @@ class _Exchange:
                 response.close()
             else:
                 response.release()
+
+    async def _request_body(self, first: Message) -> tuple[bytes | AsyncIterator[bytes] | None, bool]:
+        """The body to send, and whether it can be sent again on another credential."""
+        body: bytes = first.get("body", b"")
+        self.ctx.bytes_in = len(body)
+        if not first.get("more_body", False):
+            # The whole body is already here (always so for GET and small
+            # JSON requests): send it as bytes and start watching right away.
+            self._watch_for_disconnect()
+            return body or None, len(body) <= self.owner.settings.retry_body_limit
+        declared = _content_length(self.scope["headers"])
+        pool = self.owner.pools[self.route.provider]
+        retries_possible = len(pool.credentials) > 1 or self.owner.settings.connect_retries > 0
+        if declared is None or declared > self.owner.settings.retry_body_limit or not retries_possible:
+            return self._stream_body(body), False  # streamed through; not retried (README)
+        # Small enough to keep for a retry: read it whole first.
+        parts = [body]
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.client_gone = True  # our own task: return, don't cancel ourselves
+                return None, False
+            parts.append(message.get("body", b""))
+            self.ctx.bytes_in += len(parts[-1])
+            if not message.get("more_body", False):
+                break
+        self._watch_for_disconnect()
+        return b"".join(parts), True
+
+    async def _attempts(
+        self, headers: list[tuple[str, str]], data: bytes | AsyncIterator[bytes] | None, replayable: bool
+    ) -> aiohttp.ClientResponse | None:
+        """Try the pool's credentials in order until one gets a response worth relaying.
+
+        Before any byte reaches the client only: a refused credential (401/403,
+        or no token) moves on to the next, a 429 cools the credential and moves
+        on, and a connection that could not be made is retried with backoff.
+        """
+        pool = self.owner.pools[self.route.provider]
+        candidates = pool.candidates(self.route, self.scope["query_string"])
+        if not candidates:
+            self.ctx.outcome, self.ctx.detail = "bad_request", "no_credential_for_path"
+            message = f"No configured {self.route.provider} credential can serve this path."
+            await send_error(self.send, self.route.provider, 400, message)
+            return None
+        session, settings = self.owner.client.session, self.owner.settings
+        index, connect_failures = 0, 0
+        while True:
+            cred, url = candidates[index]
+            last = index == len(candidates) - 1
+            try:
+                auth = await cred.auth_header()
+            except TokenError:
+                pool.refused(cred, "token")
+                if last:
+                    raise _Refused("token") from None
+                index += 1
+                continue
+            try:
+                response = await session.request(
+                    self.scope["method"], url, headers=[*headers, auth], data=data, allow_redirects=False
+                )
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+                # The request never reached the upstream: safe to send again.
+                connect_failures += 1
+                if not replayable or connect_failures > settings.connect_retries:
+                    raise
+                await asyncio.sleep(min(0.1 * 2 ** (connect_failures - 1), 2.0))
+                index = (index + 1) % len(candidates)
+                continue
+            if response.status in (401, 403):
+                response.close()
+                pool.refused(cred, str(response.status))
+                if last or not replayable:
+                    raise _Refused(str(response.status))
+                index += 1
+                continue
+            if response.status == 429:
+                pool.throttled(cred, response.headers.get("retry-after"))
+                if replayable and not last:
+                    response.close()
+                    index += 1
+                    continue
+            self.ctx.credential = cred.label
+            return response
 
     async def _failed_before_response(self, exc: BaseException) -> None:
         status, message, kind = upstream_failure(exc, self.route.provider)
@@ -235,9 +323,6 @@ class _Exchange:
         await send_error(self.send, self.route.provider, status, message, extra)
 
     async def _relay(self, response: aiohttp.ClientResponse) -> None:
-        if response.status in (401, 403):
-            await self._refused_credential(response.status)
-            return
         headers, is_sse = client_response_headers(response.raw_headers)
         headers = self._note_request_id(headers)
         tap = UsageTap(
@@ -304,23 +389,25 @@ class _Exchange:
             out.append((name, value))
         return out
 
-    async def _refused_credential(self, status: int) -> None:
-        # The upstream refused the key Sluice holds. Its body can quote a
-        # fragment of that key, so it is not passed on; and a 401 would tell
-        # the client that *its* key is wrong, which it is not.
-        self.ctx.outcome, self.ctx.detail = "upstream_error", f"credential_refused_{status}"
+    async def _refused_credential(self, reason: str) -> None:
+        # The upstream refused the credential Sluice holds (or no token could
+        # be had), and no other one could take over. The upstream's body can
+        # quote a fragment of the key, so it is not passed on; and a 401 would
+        # tell the client that *its* key is wrong, which it is not.
+        self.ctx.outcome, self.ctx.detail = "upstream_error", f"credential_refused_{reason}"
         logger.warning(
-            "%s upstream refused the server-held credential (HTTP %d); check %s",
+            "%s: no server-held credential was accepted (last: %s); check %s",
             self.route.provider,
-            status,
+            reason,
             self.upstream.key_setting,
         )
         self.started = True
+        detail = "could not obtain an access token" if reason == "token" else f"HTTP {reason}"
         await send_error(
             self.send,
             self.route.provider,
             502,
-            f"The {self.route.provider} upstream refused Sluice's credential (HTTP {status}).",
+            f"The {self.route.provider} upstream refused Sluice's credentials ({detail}).",
         )
 
     async def _stream_body(self, first: bytes) -> AsyncIterator[bytes]:

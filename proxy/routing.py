@@ -15,10 +15,17 @@ from urllib.parse import unquote_to_bytes
 
 from .config import ProviderName
 
-PREFIXES: dict[bytes, ProviderName] = {b"openai": "openai", b"gemini": "gemini", b"anthropic": "anthropic"}
+PREFIXES: dict[bytes, ProviderName] = {
+    b"openai": "openai",
+    b"gemini": "gemini",
+    b"anthropic": "anthropic",
+    b"vertex": "gemini",  # Vertex AI's paths, served by the Gemini credential pool
+}
 
 # First segments that only the Gemini API uses.
-GEMINI_ROOTS = frozenset({b"v1beta", b"v1alpha", b"upload", b"download"})
+GEMINI_ROOTS = frozenset({b"v1beta", b"v1alpha", b"v1beta1", b"upload", b"download"})
+# `/v1/...` paths that only Vertex AI (Gemini) has.
+VERTEX_V1 = frozenset({b"projects", b"publishers"})
 # `/v1/...` paths that only the Anthropic API has.
 ANTHROPIC_V1 = frozenset({b"messages", b"complete"})
 
@@ -111,8 +118,11 @@ def resolve(raw_path: bytes, headers: Iterable[tuple[bytes, bytes]], query_strin
 def _provider_for_v1(
     rest: bytes, headers: Iterable[tuple[bytes, bytes]], query_string: bytes
 ) -> ProviderName:
-    if rest.split(b"/", 1)[0] in ANTHROPIC_V1:
+    head = rest.split(b"/", 1)[0]
+    if head in ANTHROPIC_V1:
         return "anthropic"
+    if head in VERTEX_V1:
+        return "gemini"
     names = {name for name, _ in headers}
     if b"anthropic-version" in names:
         return "anthropic"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .config import Settings
@@ -12,6 +13,7 @@ from .limits import Limiter
 from .limits.memory import MemoryLimiter
 from .metrics import Metrics
 from .middleware.access_log import LogWriter
+from .pool import CredentialPool
 from .upstream import UpstreamClient
 
 logger = logging.getLogger("sluice")
@@ -26,6 +28,7 @@ class Services:
     limiter: Limiter
     access_log: LogWriter
     drain: Drain
+    pools: Mapping[str, CredentialPool]
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -36,14 +39,20 @@ class Services:
             limiter = RedisLimiter(settings.redis_url)
         else:
             limiter = MemoryLimiter()
+        metrics = Metrics()
+        pools: dict[str, CredentialPool] = {
+            name: CredentialPool(upstream, settings.failover_cooldown, metrics)
+            for name, upstream in settings.upstreams.items()
+        }
         return cls(
             settings=settings,
             upstream=UpstreamClient(settings),
-            metrics=Metrics(),
+            metrics=metrics,
             keys=KeyStore(settings.keys_file) if settings.auth_enforced and settings.keys_file else None,
             limiter=limiter,
             access_log=LogWriter(settings.access_log),
             drain=Drain(settings.drain_timeout),
+            pools=pools,
         )
 
     async def start(self) -> None:

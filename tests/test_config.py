@@ -176,3 +176,65 @@ def test_config_file_errors_name_the_setting(tmp_path: Path) -> None:
         load_settings({"SLUICE_CONFIG": str(bad)})
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings({"SLUICE_CONFIG": str(tmp_path / "absent.toml")})
+
+
+def test_a_comma_separated_key_list_is_a_pool() -> None:
+    s = load_settings({"OPENAI_API_KEY": "sk-a, sk-b,sk-c", "ANTHROPIC_API_KEY": "sk-one"})
+    assert [c.label for c in s.upstreams["openai"].credentials] == [
+        "OPENAI_API_KEY[1]",
+        "OPENAI_API_KEY[2]",
+        "OPENAI_API_KEY[3]",
+    ]
+    assert [c.label for c in s.upstreams["anthropic"].credentials] == ["ANTHROPIC_API_KEY"]
+    assert "sk-a" not in repr(s)
+
+
+def test_credentials_from_the_config_file(tmp_path: Path) -> None:
+    service_account = tmp_path / "sa.json"
+    service_account.write_text(
+        '{"type": "service_account", "project_id": "p1", "client_email": "x@p1.iam.gserviceaccount.com",'
+        ' "private_key": "-----BEGIN PRIVATE KEY-----", "token_uri": "https://oauth2.googleapis.com/token"}'
+    )
+    config = tmp_path / "sluice.toml"
+    config.write_text(
+        f"""
+[[providers.gemini.credentials]]
+label = "vertex-eu"
+type = "vertex"
+service_account_file = "{service_account}"
+location = "europe-west4"
+
+[[providers.gemini.credentials]]
+label = "studio"
+api_key_env = "STUDIO_KEY"
+"""
+    )
+    s = load_settings({"SLUICE_CONFIG": str(config), "STUDIO_KEY": "g-key", "GEMINI_API_KEY": "ignored"})
+    vertex, studio = s.upstreams["gemini"].credentials
+    assert (vertex.kind, vertex.project, vertex.location) == ("vertex", "p1", "europe-west4")
+    assert vertex.endpoint == "https://europe-west4-aiplatform.googleapis.com"
+    assert (studio.label, studio.api_key) == ("studio", "g-key")
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ('label = "a"\napi_key_env = "NOT_SET"', "NOT_SET"),
+        ('label = "a"\ntype = "vertex"\nservice_account_file = "/nonexistent.json"', "cannot read"),
+        ('label = "a"\ntype = "magic"', "type must be"),
+        ('label = "bad label!"\napi_key = "k"', "label"),
+    ],
+)
+def test_bad_credential_entries_stop_the_start(tmp_path: Path, entry: str, problem: str) -> None:
+    config = tmp_path / "sluice.toml"
+    config.write_text(f"[[providers.gemini.credentials]]\n{entry}\n")
+    with pytest.raises(ConfigError, match=problem) as info:
+        load_settings({"SLUICE_CONFIG": str(config)})
+    assert info.value.setting == "SLUICE_CONFIG"
+
+
+def test_vertex_is_for_gemini_only(tmp_path: Path) -> None:
+    config = tmp_path / "sluice.toml"
+    config.write_text('[[providers.openai.credentials]]\ntype = "vertex"\nservice_account_file = "x"\n')
+    with pytest.raises(ConfigError, match="gemini provider only"):
+        load_settings({"SLUICE_CONFIG": str(config)})

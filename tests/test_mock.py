@@ -7,6 +7,7 @@ the mock's wire formats are realistic enough to test the proxy against.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import hashlib
 import itertools
@@ -22,13 +23,20 @@ from typing import Any
 
 import aiohttp
 import anthropic
+import google.auth.transport.requests
+import httpx
 import openai
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from google import genai
+from google.auth import crypt, exceptions, jwt
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
+from google.oauth2 import service_account
 
 from proxy.mock import MockHandle, MockState, mock_tokens, start_mock_in_thread
+from tests.service_account import make_service_account
 
 GUARD = 10.0  # seconds: hang guard for every streaming test
 ROOT = Path(__file__).resolve().parents[1]
@@ -473,3 +481,236 @@ def test_stop_is_idempotent_and_state_defaults() -> None:
     assert (handle.state.default_tokens, handle.state.default_delay_ms) == (3, 1.5)
     handle.stop()
     handle.stop()
+
+
+# ------------------------------------- credentials: key rules, OAuth2, Vertex
+SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+VERTEX = "/v1/projects/mock-project/locations/us-central1/publishers/google/models/gemini-2.0-flash"
+JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+
+@pytest.fixture(scope="module")
+def http(mock: MockHandle) -> Iterator[httpx.Client]:
+    # One client for the module: each new httpx client costs ~50 ms of TLS setup.
+    with httpx.Client(base_url=mock.url, timeout=GUARD) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def sa_file(mock: MockHandle, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_service_account(mock, tmp_path_factory.mktemp("sa"))
+
+
+def sa_credentials(path: Path) -> service_account.Credentials:
+    return service_account.Credentials.from_service_account_file(str(path), scopes=SCOPES)
+
+
+def sa_token(path: Path) -> str:
+    creds = sa_credentials(path)
+    creds.refresh(google.auth.transport.requests.Request())
+    assert isinstance(creds.token, str)
+    return creds.token
+
+
+def vertex_sse(http: httpx.Client, token: str, n: int = 5) -> tuple[int, str, list[dict[str, Any]]]:
+    """Stream ``n`` tokens from the Vertex route: (status, text, SSE chunks)."""
+    url = f"{VERTEX}:streamGenerateContent?alt=sse"
+    hdrs = {"Authorization": f"Bearer {token}", "x-mock-tokens": str(n)}
+    body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
+    with http.stream("POST", url, json=body, headers=hdrs) as r:
+        if r.status_code != 200:
+            r.read()
+            return r.status_code, r.text, []
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    parts = [c["candidates"][0]["content"]["parts"][0]["text"] for c in chunks]
+    return 200, "".join(parts), chunks
+
+
+def signed_assertion(path: Path, **claims: Any) -> str:
+    """A JWT signed with the service account's key; ``claims`` override."""
+    info = json.loads(path.read_text())
+    now = int(time.time())
+    payload = {
+        "iss": info["client_email"],
+        "aud": "https://oauth2.googleapis.com/token",
+        "scope": SCOPES[0],
+        "iat": now,
+        "exp": now + 3600,
+        **claims,
+    }
+    signer = crypt.RSASigner.from_service_account_info(info)
+    return jwt.encode(signer, payload).decode()
+
+
+def post_grant(http: httpx.Client, assertion: str) -> httpx.Response:
+    return http.post("/token", data={"grant_type": JWT_GRANT, "assertion": assertion})
+
+
+def test_service_account_token_streams_from_vertex(
+    mock: MockHandle, sa_file: Path, http: httpx.Client
+) -> None:
+    assert sa_file.stat().st_mode & 0o777 == 0o600
+    info = json.loads(sa_file.read_text())
+    assert info["type"] == "service_account" and info["token_uri"] == f"{mock.url}/token"
+    assert info["private_key"].startswith("-----BEGIN PRIVATE KEY-----")  # PKCS8
+
+    token = sa_token(sa_file)
+    assert token.startswith("ya29.mock-") and mock.state.token_requests == 1
+    assert mock.state.issued_tokens[token] > time.monotonic() + 3500
+    grant = mock.state.last("/token")
+    assert grant.headers["content-type"] == "application/x-www-form-urlencoded" and grant.status == 200
+
+    status, got, chunks = vertex_sse(http, token, 5)
+    assert (status, got) == (200, text(5))
+    assert chunks[-1]["modelVersion"] == "gemini-2.0-flash"
+    assert chunks[-1]["candidates"][0]["finishReason"] == "STOP"
+    hdrs = {"Authorization": f"Bearer {token}", "x-mock-tokens": "3"}
+    beta = VERTEX.replace("/v1/", "/v1beta1/")
+    one = http.post(f"{beta}:generateContent", json={}, headers=hdrs).json()
+    assert one["candidates"][0]["content"]["parts"][0]["text"] == text(3)
+    assert one["modelVersion"] == "gemini-2.0-flash"
+    array = http.post(f"{VERTEX}:streamGenerateContent", json={}, headers=hdrs).json()
+    assert "".join(i["candidates"][0]["content"]["parts"][0]["text"] for i in array) == text(3)
+    assert http.post(f"{VERTEX}:countTokens", json={}, headers=hdrs).json()["totalTokens"] >= 1
+
+
+def test_genai_vertex_mode_with_service_account(mock: MockHandle, sa_file: Path) -> None:
+    """google-genai in Vertex mode fetches its own token and parses the replies."""
+    opts = genai_types.HttpOptions(base_url=mock.url, timeout=int(GUARD * 1000))
+    client = genai.Client(
+        vertexai=True,
+        credentials=sa_credentials(sa_file),
+        project="mock-project",
+        location="us-central1",
+        http_options=opts,
+    )
+    assert client.models.generate_content(model="gemini-2.0-flash", contents="hi").text == text(12)
+    stream = client.models.generate_content_stream(model="gemini-2.0-flash", contents="hi")
+    assert [c.text for c in stream] == mock_tokens(12)
+    vertex = [r for r in mock.state.records if "/publishers/google/models/" in r.path]
+    assert [r.status for r in vertex] == [200, 200] and mock.state.token_requests == 1
+    assert vertex[0].path.endswith(VERTEX.removeprefix("/v1") + ":generateContent")
+
+
+def test_vertex_rejects_bad_tokens_express_mode_takes_keys(http: httpx.Client) -> None:
+    for hdrs in ({"Authorization": "Bearer ya29.bogus"}, {"x-goog-api-key": "AIza-any"}, {}):
+        r = http.post(f"{VERTEX}:generateContent", json={}, headers=hdrs)
+        assert r.status_code == 401, hdrs
+        err = r.json()["error"]
+        assert err["status"] == "UNAUTHENTICATED" and err["code"] == 401
+        assert err["message"].startswith("Request had invalid authentication credentials.")
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    # Express mode (no project/location) and plain Gemini take any API key.
+    for path in ("/v1/publishers/google/models/gemini-2.0-flash", "/v1beta/models/gemini-2.0-flash"):
+        r = http.post(f"{path}:generateContent", json={}, headers={"x-goog-api-key": "AIza-any"})
+        assert r.status_code == 200 and r.json()["modelVersion"] == "gemini-2.0-flash"
+
+
+def test_token_endpoint_rejects_bad_jwts(
+    mock: MockHandle, sa_file: Path, http: httpx.Client, tmp_path: Path
+) -> None:
+    # The right email, signed by a key the mock never saw.
+    rogue = json.loads(sa_file.read_text())
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    rogue["private_key"] = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    (tmp_path / "rogue.json").write_text(json.dumps(rogue))
+    with pytest.raises(exceptions.RefreshError) as info:
+        sa_token(tmp_path / "rogue.json")
+    assert info.value.args[1] == {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
+    assert mock.state.last("/token").status == 400
+    # An account the mock does not know.
+    rogue["client_email"] = "nobody@mock-project.iam.gserviceaccount.com"
+    (tmp_path / "rogue.json").write_text(json.dumps(rogue))
+    with pytest.raises(exceptions.RefreshError, match="account not found"):
+        sa_token(tmp_path / "rogue.json")
+
+    now = int(time.time())
+    none_header = base64.urlsafe_b64encode(b'{"alg":"none"}').decode().rstrip("=")
+    bad = {
+        "wrong audience": signed_assertion(sa_file, aud="https://evil.example/token"),
+        "expired": signed_assertion(sa_file, iat=now - 4000, exp=now - 400),
+        "issued in the future": signed_assertion(sa_file, iat=now + 600, exp=now + 1200),
+        "too long-lived": signed_assertion(sa_file, exp=now + 7200),
+        "unsigned": signed_assertion(sa_file).rsplit(".", 1)[0] + ".",
+        # A valid signature under a header claiming "none" must not pass either.
+        "alg none": ".".join([none_header, *signed_assertion(sa_file).split(".")[1:]]),
+        "garbage": "not-a-jwt",
+    }
+    for why, assertion in bad.items():
+        r = post_grant(http, assertion)
+        assert (r.status_code, r.json()["error"]) == (400, "invalid_grant"), why
+    assert post_grant(http, signed_assertion(sa_file, scope="")).json()["error"] == "invalid_scope"
+    wrong_grant = http.post("/token", data={"grant_type": "password"})
+    assert wrong_grant.json()["error"] == "unsupported_grant_type"
+    # aud may also name the token URL the client used (older google-auth did),
+    # compared case-insensitively on scheme and host.
+    for aud in (f"{mock.url}/token", f"HTTP://127.0.0.1:{mock.port}/token"):
+        assert post_grant(http, signed_assertion(sa_file, aud=aud)).status_code == 200
+    assert mock.state.token_requests == 2 + len(bad) + 4
+
+
+def test_token_endpoint_injected_failure(mock: MockHandle, sa_file: Path, http: httpx.Client) -> None:
+    mock.state.token_endpoint_status = 503
+    r = post_grant(http, signed_assertion(sa_file))
+    assert r.status_code == 503 and r.json()["error"] == "invalid_grant"
+    assert "x-request-id" not in r.headers  # Google's token endpoint, not OpenAI's
+    assert mock.state.last("/token").outcome == "error_injected"
+    mock.state.token_endpoint_status = 400  # google-auth does not retry a 400: fast
+    with pytest.raises(exceptions.RefreshError, match="invalid_grant"):
+        sa_token(sa_file)
+    assert mock.state.token_requests == 2
+    mock.state.reset()
+    assert mock.state.token_endpoint_status is None and mock.state.token_requests == 0
+
+
+def test_vertex_token_expires(mock: MockHandle, sa_file: Path, http: httpx.Client) -> None:
+    mock.state.token_lifetime = 1
+    try:
+        token = sa_token(sa_file)
+    finally:
+        mock.state.token_lifetime = 3600
+    assert json.loads(mock.state.last("/token").sent)["expires_in"] == 1
+    assert vertex_sse(http, token, 2)[:2] == (200, text(2))
+    time.sleep(1.05)
+    status, body, _ = vertex_sse(http, token, 2)
+    assert status == 401 and "UNAUTHENTICATED" in body
+
+
+def test_key_rules_and_attempts_by_key(mock: MockHandle, sa_file: Path, http: httpx.Client) -> None:
+    mock.state.set_key_rule("sk-revoked", 401)
+    r = http.post("/_mock/keys", json={"key": "sk-hot", "status": 429, "retry_after": 2.5})
+    assert r.json() == {"ok": True}
+    assert http.post("/_mock/keys", json={"key": "k"}).status_code == 400
+    assert http.post("/_mock/keys", json={"key": "k", "status": 200}).status_code == 400
+    token = sa_token(sa_file)
+    mock.state.set_key_rule(token, 429)  # no retry_after: no header
+    chat = {"model": "m", "messages": []}
+
+    r = http.post("/v1/chat/completions", json=chat, headers={"Authorization": "Bearer sk-revoked"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert "retry-after" not in r.headers
+    r = http.post("/v1/messages", json={"model": "c"}, headers={"x-api-key": "sk-hot"})
+    assert r.status_code == 429 and r.headers["retry-after"] == "2.5"
+    assert r.json()["error"]["type"] == "rate_limit_error"
+    r = http.post("/v1beta/models/g:generateContent", json={}, headers={"x-goog-api-key": "sk-hot"})
+    assert r.status_code == 429 and r.json()["error"]["status"] == "RESOURCE_EXHAUSTED"
+    assert http.post("/v1beta/models/g:generateContent?key=sk-revoked", json={}).status_code == 401
+    r = http.post(f"{VERTEX}:generateContent", json={}, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 429 and "retry-after" not in r.headers
+    assert mock.state.last(":generateContent").outcome == "error_injected"
+    for _ in range(2):
+        r = http.post("/v1/chat/completions", json=chat, headers={"Authorization": "Bearer sk-fine"})
+        assert r.status_code == 200
+    r = http.post("/v1/messages", json={"model": "c"}, headers={"x-api-key": "sk-fine"})
+    assert r.status_code == 200
+    assert [rec.outcome for rec in mock.state.records[-3:]] == ["completed"] * 3
+
+    assert mock.state.attempts_by_key() == {"sk-revoked": 2, "sk-hot": 2, token: 1, "sk-fine": 3}
+    assert mock.state.attempts_by_key("/chat/completions") == {"sk-revoked": 1, "sk-fine": 2}
+    assert http.delete("/_mock/keys").json() == {"ok": True}
+    assert mock.state.key_rules == {}
+    mock.state.set_key_rule("sk-hot", 503)
+    mock.state.reset()  # reset clears key rules too
+    assert http.post("/v1/messages", json={"model": "c"}, headers={"x-api-key": "sk-hot"}).status_code == 200

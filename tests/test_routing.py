@@ -5,7 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.config import Upstream
-from proxy.passthrough import upstream_url
+from proxy.credentials import CredentialSpec
+from proxy.pool import Credential
 from proxy.routing import (
     BadPath,
     guess_provider,
@@ -165,14 +166,17 @@ _PATH_ALPHABET = st.sampled_from(
 def test_no_accepted_path_changes_the_upstream_origin(parts: list[str], query: bytes) -> None:
     """Whatever the client sends, a path that passes validation keeps the configured origin."""
     raw = ("/" + "".join(parts)).encode()
-    upstream = Upstream("openai", "http://127.0.0.1:9000/base", "k", "OPENAI_API_KEY")
+    upstream = Upstream(
+        "openai", "http://127.0.0.1:9000/base", (CredentialSpec("k", "api_key", "k"),), "OPENAI_API_KEY"
+    )
     try:
         validate_path(raw)
     except BadPath:
         return
     route = resolve(b"/openai" + raw, [], b"")
     assert route is not None
-    url = upstream_url(upstream, route, query.replace(b"#", b""))
+    url = Credential(upstream, upstream.credentials[0]).url(route, query.replace(b"#", b""))
+    assert url is not None
     assert (url.scheme, url.host, url.port) == ("http", "127.0.0.1", 9000)
     assert url.raw_path.startswith("/base/")
     assert "key" not in url.query

@@ -13,20 +13,23 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from ..asgi import ASGIApp
 from ..config import ConfigError
 from ..forwarded import TrustedProxies
 from ..gate import Gate
-from ..services import Services
 from .access_log import AccessLog
 from .auth import Auth
 from .include_usage import IncludeUsage
 from .rate_limit import RateLimit
 
+if TYPE_CHECKING:  # services imports the access log from this package
+    from ..services import Services
+
 logger = logging.getLogger("sluice")
 
-Builder = Callable[[ASGIApp, Services], ASGIApp]
+Builder = Callable[[ASGIApp, "Services"], ASGIApp]
 
 BUILTINS: Mapping[str, Builder] = {
     "access_log": lambda app, s: AccessLog(app, s.access_log, s.settings.log_bodies),

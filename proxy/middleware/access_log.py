@@ -4,7 +4,8 @@ Fields: ``ts`` (UTC, ms), ``request_id``, ``key`` (the key's *name*),
 ``provider``, ``model``, ``method``, ``path`` (never the query string: it may
 hold a client key), ``status``, ``bytes_in``, ``bytes_out``, ``ttfb_ms``,
 ``duration_ms``, ``usage`` (``{"input", "output", "total"}`` or null),
-``outcome``, ``detail``, ``upstream_request_id`` and ``client``.
+``outcome``, ``detail``, ``upstream_request_id``, ``credential`` (the label of
+the server-held credential that served it) and ``client``.
 
 Bodies are not logged, unless ``SLUICE_LOG_BODIES`` turns on debugging: then
 the first 16 KiB of each way are added as ``request_body``/``response_body``.
@@ -78,6 +79,7 @@ def log_record(ctx: RequestContext, now: float) -> dict[str, Any]:
         "outcome": ctx.outcome,
         "detail": ctx.detail,
         "upstream_request_id": ctx.upstream_request_id,
+        "credential": ctx.credential,
         "client": ctx.client,
     }
 

@@ -1,0 +1,162 @@
+"""Failover between a provider's credentials, the way a careful operator would.
+
+* The first healthy credential in configured order serves.
+* A credential the upstream refuses (401/403), or whose token cannot be
+  obtained, is marked *failed* for ``SLUICE_FAILOVER_COOLDOWN`` seconds: the
+  pool stays on the next one (sticky), and only after the cool-down is the
+  refused one tried again. An operator can reset it sooner. So a revoked key
+  costs one extra upstream call per cool-down, and the pool never flaps.
+* A 429 *cools* a credential for its ``retry-after`` (default 30 s).
+* When every credential is failed or cooling, the one that becomes available
+  first is tried, so stale state never refuses traffic on its own.
+
+State is per worker process; each worker learns a refusal on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from yarl import URL
+
+from .config import Upstream
+from .credentials import CredentialSpec
+from .metrics import Metrics
+from .routing import Route, strip_query_credentials
+from .vertex import VertexToken, gemini_path, vertex_path
+
+logger = logging.getLogger("sluice.credentials")
+
+State = Literal["ok", "failed", "cooling"]
+DEFAULT_RETRY_AFTER = 30.0
+
+
+class Credential:
+    """One server-held credential and how a request is shaped for it."""
+
+    def __init__(self, upstream: Upstream, spec: CredentialSpec) -> None:
+        self.upstream = upstream
+        self.spec = spec
+        self.label = spec.label
+        self.token = VertexToken(spec) if spec.kind == "vertex" else None
+        self.state: State = "ok"
+        self.until = 0.0  # monotonic time the current state ends
+        self.reason = ""
+
+    def url(self, route: Route, query_string: bytes) -> URL | None:
+        """Where this credential sends the request, or ``None`` if it cannot serve it.
+
+        The base URL comes from configuration and the path was validated, so
+        ``encoded=True`` keeps the client's bytes without letting them move the origin.
+        """
+        if self.spec.kind == "vertex":
+            path = vertex_path(self.spec, route.upstream_path)
+            base = self.spec.endpoint or ""
+        else:
+            path = gemini_path(route.upstream_path) if route.provider == "gemini" else route.upstream_path
+            base = self.upstream.base_url
+        if path is None:
+            return None
+        query = strip_query_credentials(query_string)
+        return URL(base + path + ("?" + query.decode("latin-1") if query else ""), encoded=True)
+
+    async def auth_header(self) -> tuple[str, str]:
+        if self.token is not None:
+            return "Authorization", f"Bearer {await self.token.token()}"
+        key = self.spec.api_key or ""
+        if self.upstream.provider == "gemini":
+            return "x-goog-api-key", key  # a header, never ?key=, so it stays out of URLs and logs
+        if self.upstream.provider == "anthropic":
+            return "x-api-key", key
+        return "Authorization", f"Bearer {key}"
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialStatus:
+    label: str
+    kind: str
+    state: State
+    seconds_left: float
+    reason: str
+
+
+class CredentialPool:
+    def __init__(
+        self,
+        upstream: Upstream,
+        cooldown: float,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.provider = upstream.provider
+        self.credentials = [Credential(upstream, spec) for spec in upstream.credentials]
+        self.cooldown = cooldown
+        self.metrics = metrics
+        self.clock = clock
+
+    def _refresh_states(self, now: float) -> None:
+        for cred in self.credentials:
+            if cred.state != "ok" and now >= cred.until:
+                cred.state, cred.reason = "ok", ""
+
+    def candidates(self, route: Route, query_string: bytes) -> list[tuple[Credential, URL]]:
+        """Credentials to try, in order, each with the URL it would use."""
+        now = self.clock()
+        self._refresh_states(now)
+        usable = [(c, url) for c in self.credentials if (url := c.url(route, query_string)) is not None]
+        healthy = [pair for pair in usable if pair[0].state == "ok"]
+        if healthy or not usable:
+            return healthy
+        return [min(usable, key=lambda pair: pair[0].until)]
+
+    def _set(self, cred: Credential, state: State, seconds: float, reason: str) -> None:
+        cred.state, cred.until, cred.reason = state, self.clock() + seconds, reason
+        self.metrics.failovers.inc((self.provider, cred.label, reason))
+
+    def refused(self, cred: Credential, reason: str) -> None:
+        self._set(cred, "failed", self.cooldown, reason)
+        logger.warning(
+            "%s credential %r failed (%s): using the next one for %gs",
+            self.provider,
+            cred.label,
+            reason,
+            self.cooldown,
+        )
+
+    def throttled(self, cred: Credential, retry_after: str | None) -> None:
+        seconds = _seconds(retry_after)
+        self._set(cred, "cooling", seconds, "429")
+        logger.warning(
+            "%s credential %r rate-limited upstream: cooling for %gs", self.provider, cred.label, seconds
+        )
+
+    def reset(self, label: str | None = None) -> int:
+        """Operator override: mark credentials healthy again. Returns how many changed."""
+        changed = 0
+        for cred in self.credentials:
+            if (label is None or cred.label == label) and cred.state != "ok":
+                cred.state, cred.until, cred.reason = "ok", 0.0, ""
+                changed += 1
+        if changed:
+            logger.warning("%s credentials reset by an operator: %d", self.provider, changed)
+        return changed
+
+    def status(self) -> list[CredentialStatus]:
+        now = self.clock()
+        self._refresh_states(now)
+        return [
+            CredentialStatus(c.label, c.spec.kind, c.state, round(max(0.0, c.until - now), 1), c.reason)
+            for c in self.credentials
+        ]
+
+
+def _seconds(retry_after: str | None) -> float:
+    try:
+        value = float(retry_after) if retry_after else DEFAULT_RETRY_AFTER
+    except ValueError:
+        value = DEFAULT_RETRY_AFTER  # an HTTP date: rare from these APIs; take the default
+    return min(max(value, 1.0), 3600.0)
