@@ -13,8 +13,9 @@ ARGS   ?=
 
 # Debian packages the tests run for real, as command:package pairs: a Redis
 # server, nginx, openssl (test certificates) and systemd-analyze (checks the
-# unit file). Installed when missing; the tests fail rather than skip under CI.
-SYSTEM_PACKAGES := redis-server:redis-server nginx:nginx openssl:openssl systemd-analyze:systemd
+# unit file), chromium (the playground's browser test). Installed when missing;
+# the tests fail rather than skip under CI.
+SYSTEM_PACKAGES := redis-server:redis-server nginx:nginx openssl:openssl systemd-analyze:systemd chromium:chromium
 
 # Runtime dependencies only.
 $(VENV)/.run-installed: pyproject.toml

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
 from .admin import admin_routes, credential_states
+from .chat import ChatApi, playground_route
 from .config import Settings
 from .dispatch import Dispatch
 from .middleware import build_chain
@@ -22,14 +23,17 @@ def create_app(settings: Settings) -> Starlette:
     """Build the app for one worker process. Shared resources open in the lifespan."""
     services = Services.build(settings)
     passthrough = Passthrough(settings, services.upstream, services.drain, services.pools)
-    chain = build_chain(Dispatch(passthrough), services)
+    chat = ChatApi(services)
+    chain = build_chain(Dispatch(passthrough, api=chat), services)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await services.start()
+        await chat.start()
         try:
             yield
         finally:
+            await chat.stop()  # before services: its generations still use the upstream session
             await services.stop()
 
     # These never need a client key and never reach an upstream.
@@ -49,6 +53,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz, methods=["GET", "HEAD"]),
         Route("/readyz", readyz, methods=["GET", "HEAD"]),
         Route("/metrics", metrics, methods=["GET"]),
+        playground_route(),  # a static page: no key needed to load it
         *admin_routes(services),
         # Everything else is a provider API call.
         Mount("/", app=chain),

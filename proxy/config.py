@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -53,6 +54,19 @@ FailurePolicy = Literal["open", "closed"]
 
 # The default middleware chain, outermost first. See proxy/middleware.
 DEFAULT_CHAIN: tuple[str, ...] = ("access_log", "auth", "rate_limit")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatSettings:
+    """The provider-neutral chat API (``/api/chat``, proxy/chat)."""
+
+    # Seconds a generation keeps running after its last client left, so a
+    # reconnect (EventSource retries by itself) finds it; then it is cancelled.
+    grace: float = 10.0
+    retention: float = 300.0  # seconds a finished generation's events stay resumable
+    max_events: int = 10_000  # events kept per generation (the oldest go first)
+    heartbeat_interval: float = 15.0  # seconds of silence before ": keepalive"; 0: off
+    aliases: Mapping[str, str] = field(default_factory=dict)  # name -> "provider/model"
 
 
 class ConfigError(ValueError):
@@ -124,6 +138,7 @@ class Settings:
     middleware_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     log_level: LogLevel = "info"
     mock: bool = False
+    chat: ChatSettings = field(default_factory=ChatSettings)
 
     @property
     def auth_enforced(self) -> bool:
@@ -262,9 +277,14 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
             env, "SLUICE_LOG_LEVEL", "info", _choice("critical", "error", "warning", "info", "debug")
         ),
     }
+    values["chat"] = _chat_settings(env)
     config_file = _parse(env, "SLUICE_CONFIG", None, Path)
     if config_file is not None:
         file_values = _load_config_file(config_file)
+        if "chat_aliases" in file_values:  # the environment's aliases win over the file's
+            chat: ChatSettings = values["chat"]  # type: ignore[assignment]
+            aliases = {**file_values.pop("chat_aliases"), **chat.aliases}
+            values["chat"] = dataclasses.replace(chat, aliases=aliases)
         if "providers" in file_values:
             values["upstreams"] = _configured_credentials(
                 file_values.pop("providers"),
@@ -287,6 +307,36 @@ def _boolean(raw: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def _chat_settings(env: Mapping[str, str]) -> ChatSettings:
+    heartbeat = _parse(env, "SLUICE_HEARTBEAT_INTERVAL", 15.0, _non_negative_float)
+    return ChatSettings(
+        grace=_parse(env, "SLUICE_CHAT_GRACE", 10.0, _non_negative_float),
+        retention=_parse(env, "SLUICE_CHAT_RETENTION", 300.0, _positive_float),
+        max_events=_parse(env, "SLUICE_CHAT_MAX_EVENTS", 10_000, _int_between(100, 10_000_000)),
+        heartbeat_interval=_parse(env, "SLUICE_CHAT_HEARTBEAT_INTERVAL", heartbeat, _non_negative_float),
+        aliases=_parse(env, "SLUICE_CHAT_ALIASES", {}, _aliases),
+    )
+
+
+_ALIAS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_ALIAS_TARGET = re.compile(r"(openai|gemini|anthropic)/[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def _aliases(raw: str) -> dict[str, str]:
+    """``name=provider/model`` pairs, separated by commas."""
+    pairs = [part.partition("=") for part in raw.split(",") if part.strip()]
+    return _check_aliases({name.strip(): target.strip() for name, _, target in pairs})
+
+
+def _check_aliases(aliases: Mapping[str, object]) -> dict[str, str]:
+    for name, target in aliases.items():
+        if not _ALIAS_NAME.fullmatch(name):
+            raise ValueError(f"alias name {name!r} must be letters, digits, '.', '_' or '-'")
+        if not isinstance(target, str) or not _ALIAS_TARGET.fullmatch(target):
+            raise ValueError(f"alias {name!r} must name provider/model (openai, gemini or anthropic)")
+    return {name: str(target) for name, target in aliases.items()}
+
+
 def _redis_url(raw: str) -> str:
     if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
         raise ValueError("must be a redis://, rediss:// or unix:// URL")
@@ -302,12 +352,21 @@ def _load_config_file(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("SLUICE_CONFIG", f"{path} is not valid TOML: {exc}") from None
     middleware = data.get("middleware", {})
-    unknown = set(data) - {"middleware", "providers"} | set(middleware) - {"chain", "options"}
+    chat = data.get("chat", {})
+    unknown = set(data) - {"middleware", "chat", "providers"} | set(middleware) - {"chain", "options"}
+    unknown |= {f"chat.{name}" for name in set(chat) - {"aliases"}} if isinstance(chat, dict) else set()
     if unknown:
         raise ConfigError("SLUICE_CONFIG", f"unknown entries in {path}: {', '.join(sorted(unknown))}")
     values: dict[str, Any] = {}
     if "providers" in data:
         values["providers"] = data["providers"]  # read with the environment, in load_settings
+    if "aliases" in chat:
+        if not isinstance(chat["aliases"], dict):
+            raise ConfigError("SLUICE_CONFIG", "chat.aliases must map a name to a provider/model string")
+        try:
+            values["chat_aliases"] = _check_aliases(chat["aliases"])
+        except ValueError as exc:
+            raise ConfigError("SLUICE_CONFIG", f"chat.aliases: {exc}") from None
     if "chain" in middleware:
         chain = middleware["chain"]
         if not isinstance(chain, list) or not all(isinstance(c, str) and c for c in chain):

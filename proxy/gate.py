@@ -42,8 +42,8 @@ class Gate:
                 message = {**message, "headers": [*message.get("headers", ()), id_header]}
             await send(message)
 
-        self.metrics.request_started(ctx)
+        label = self.metrics.request_started(ctx)
         try:
             await self.app(scope, receive, tracked_send)
         finally:
-            self.metrics.request_ended(ctx, time.monotonic())
+            self.metrics.request_ended(ctx, time.monotonic(), label)

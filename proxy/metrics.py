@@ -160,12 +160,19 @@ class Metrics:
             self.failovers,
         )  # fmt: skip
 
-    def request_started(self, ctx: RequestContext) -> None:
-        self.in_flight.inc((ctx.provider or "none",))
+    def request_started(self, ctx: RequestContext) -> str:
+        """Count the request in flight; returns the label to end it with.
 
-    def request_ended(self, ctx: RequestContext, now: float) -> None:
+        Sluice's own API learns the provider from the body, after this point:
+        ending under the same label keeps the gauge from drifting.
+        """
+        label = ctx.provider or "none"
+        self.in_flight.inc((label,))
+        return label
+
+    def request_ended(self, ctx: RequestContext, now: float, in_flight_label: str) -> None:
         provider = ctx.provider or "none"
-        self.in_flight.dec((provider,))
+        self.in_flight.dec((in_flight_label,))
         self.requests.inc((provider, str(ctx.status or 0), ctx.outcome))
         self.duration.observe(now - ctx.started, (provider,))
         if ctx.ttfb is not None:

@@ -90,16 +90,6 @@ class Passthrough:
             self.drain.in_flight.discard(exchange)
 
 
-def credential_header(upstream: Upstream) -> tuple[str, str]:
-    """The header carrying the provider's first API key, for callers outside the failover loop."""
-    key = upstream.api_key or ""
-    if upstream.provider == "gemini":
-        return "x-goog-api-key", key
-    if upstream.provider == "anthropic":
-        return "x-api-key", key
-    return "Authorization", f"Bearer {key}"
-
-
 class _Refused(Exception):
     """Every credential tried was refused; ``reason`` is the last status or "token"."""
 

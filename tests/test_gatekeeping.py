@@ -358,3 +358,18 @@ def test_include_usage_setting_makes_every_openai_stream_accountable(
     while not log.exists() or '"output":4' not in log.read_text():
         assert time.monotonic() < deadline, "usage missing from the access log"
         time.sleep(0.05)
+
+
+def test_in_flight_gauge_returns_to_zero_for_every_label(gate: Gatekept) -> None:
+    """Sluice's own API learns its provider late: the gauge must still not drift."""
+    key = gate.secrets["open"]
+    with httpx.Client(base_url=gate.sluice.url, headers={"authorization": f"Bearer {key}"}) as client:
+        client.post("/v1/chat/completions", json=CHAT)
+        client.post(
+            "/api/chat", json={"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        )
+        text = client.get("/metrics").text
+    gauges = [line for line in text.splitlines() if line.startswith("sluice_in_flight_requests{")]
+    assert gauges, text
+    # /metrics itself is served outside the gate, so every gauge is back to 0.
+    assert all(line.endswith(" 0") for line in gauges), gauges
