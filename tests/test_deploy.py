@@ -11,7 +11,6 @@ import asyncio
 import configparser
 import hashlib
 import itertools
-import json
 import shutil
 import ssl
 import subprocess
@@ -32,6 +31,7 @@ from proxy.config import load_settings
 from proxy.keys import create_key
 from proxy.limits import Limits
 from proxy.mock import MockHandle, mock_tokens
+from tests.accesslog import wait_for_line
 from tests.conftest import SluiceFactory, SluiceProcess, upstream_env
 from tests.nginx_server import NginxServer, free_port, start_nginx
 from tests.redis_server import RedisServer
@@ -85,21 +85,8 @@ class Deployment:
     tls: ssl.SSLContext
     secrets: dict[str, str]
 
-    def log_lines(self) -> list[dict[str, object]]:
-        lines = []
-        for path in self.access_logs:
-            if path.exists():
-                lines += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        return lines
-
     def wait_for_log(self, request_id: str) -> dict[str, object]:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            for line in self.log_lines():
-                if line["request_id"] == request_id:
-                    return line
-            time.sleep(0.02)
-        raise AssertionError(f"no access-log line for {request_id}")
+        return wait_for_line(self.access_logs, request_id)
 
 
 def deploy(

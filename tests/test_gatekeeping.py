@@ -20,6 +20,7 @@ from google.genai import types as genai_types
 from proxy.keys import create_key, revoke_key
 from proxy.limits import Limits
 from proxy.mock import MockHandle, mock_tokens
+from tests.accesslog import wait_for_line
 from tests.conftest import CANARIES, SluiceFactory, SluiceProcess, upstream_env
 
 pytestmark = pytest.mark.timeout(60)
@@ -32,17 +33,8 @@ class Gatekept:
     access_log: Path
     secrets: dict[str, str]
 
-    def log_lines(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line.strip()]
-
-    def wait_for_log(self, request_id: str, timeout: float = 5.0) -> dict[str, object]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.log_lines():
-                if line["request_id"] == request_id:
-                    return line
-            time.sleep(0.02)
-        raise AssertionError(f"no access-log line for {request_id}")
+    def wait_for_log(self, request_id: str) -> dict[str, object]:
+        return wait_for_line([self.access_log], request_id)
 
 
 KEYS = {

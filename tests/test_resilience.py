@@ -20,8 +20,10 @@ from google.genai import types as genai_types
 from proxy._mock_formats import pattern_chunks
 from proxy.config import load_settings
 from proxy.mock import MockHandle, mock_tokens
+from tests.accesslog import wait_for_line
 from tests.conftest import SluiceFactory, SluiceProcess, upstream_env
 from tests.nginx_server import free_port, start_nginx
+from tests.procfs import status_kib
 from tests.rawhttp import RawConnection, RawResponse, request
 
 pytestmark = pytest.mark.timeout(60)
@@ -161,15 +163,7 @@ async def test_a_heartbeat_never_commits_a_status_the_upstream_did_not_send(
 
 
 def _log_line(path: Path, request_id: str) -> dict[str, object]:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if path.exists():
-            for line in path.read_text().splitlines():
-                record = json.loads(line)
-                if record["request_id"] == request_id:
-                    return record  # type: ignore[no-any-return]
-        time.sleep(0.02)
-    raise AssertionError(f"no access-log line for {request_id}")
+    return wait_for_line([path], request_id)
 
 
 async def test_a_stalled_upstream_before_headers_is_a_504(beating: SluiceProcess, mock: MockHandle) -> None:
@@ -246,10 +240,7 @@ async def test_client_leaving_during_silence_with_heartbeats_cancels_upstream(
 
 
 def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    return status_kib(pid, "VmRSS")
 
 
 @pytest.mark.timeout(60)

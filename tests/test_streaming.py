@@ -10,13 +10,13 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from proxy.mock import MockHandle
 from tests.conftest import CLIENT_KEY, SluiceFactory, SluiceProcess, upstream_env
+from tests.procfs import status_kib
 from tests.rawhttp import RawConnection, request
 
 pytestmark = pytest.mark.timeout(30)
@@ -226,10 +226,7 @@ async def test_sdk_sees_a_cut_stream_as_an_error(sluice: SluiceProcess) -> None:
 
 
 def _vm_hwm_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmHWM")
+    return status_kib(pid, "VmHWM")
 
 
 async def _body(total: int, piece: int = 256 * 1024) -> AsyncIterator[bytes]:

@@ -1,0 +1,28 @@
+"""Reading Sluice's JSON access log in tests (lines are written when requests end)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def read_lines(*paths: Path) -> list[dict[str, object]]:
+    lines: list[dict[str, object]] = []
+    for path in paths:
+        if path.exists():
+            lines += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return lines
+
+
+def wait_for_line(paths: Iterable[Path], request_id: str, timeout: float = 5.0) -> dict[str, object]:
+    """The access-log line of ``request_id``, waiting for the request to end."""
+    paths = list(paths)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in read_lines(*paths):
+            if line["request_id"] == request_id:
+                return line
+        time.sleep(0.02)
+    raise AssertionError(f"no access-log line for {request_id}")
