@@ -9,7 +9,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 ARGS   ?=
 
-.PHONY: run test lint typecheck unit clean system-deps
+.PHONY: run test lint typecheck unit clean system-deps bench
 
 # Debian packages the tests run for real, as command:package pairs: a Redis
 # server, nginx, openssl (test certificates) and systemd-analyze (checks the
@@ -29,6 +29,13 @@ $(VENV)/.test-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.run-installed
+
+# Runtime plus what the benchmark suite needs (matplotlib for its charts, py-spy).
+$(VENV)/.bench-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[bench]'
 	touch $@ $(VENV)/.run-installed
 
 # With no provider key configured (environment or .env), Sluice fronts its
@@ -57,6 +64,13 @@ unit: $(VENV)/.test-installed system-deps
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The benchmark suite (direct vs nginx vs Sluice, pinned to cores; see
+# bench/run.py). Results land in bench/results/. About 5 minutes on 2 cores
+# (bounded below 10 on a busy machine); `make bench BENCH_ARGS=--quick`, about 2.
+BENCH_ARGS ?=
+bench: $(VENV)/.bench-installed system-deps
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

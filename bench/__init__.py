@@ -1,0 +1,1 @@
+"""Sluice's benchmark suite: ``make bench`` (see ``bench/run.py``) and micro-benchmarks."""

@@ -1,0 +1,72 @@
+"""What machine, and what software, a benchmark ran on: the header of every report."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import resource
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def _mem_total_gib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) / 1024**2, 1)
+    return float("nan")
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _run(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10, cwd=REPO, check=False)  # noqa: S603
+    except OSError:
+        return "unavailable"
+    return (done.stdout + done.stderr).strip()
+
+
+def _virtualised() -> str:
+    flags = Path("/proc/cpuinfo").read_text()
+    return "yes (hypervisor flag set)" if " hypervisor" in flags else "no hypervisor flag"
+
+
+def facts() -> dict[str, Any]:
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
+    dirty = _run(["git", "status", "--porcelain", "--", "proxy"])
+    return {
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "cpu_model": _cpu_model(),
+        "nproc": os.cpu_count(),
+        "nproc_is_2": os.cpu_count() == 2,
+        "virtualised": _virtualised(),
+        "memory_gib": _mem_total_gib(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "uvloop": _version("uvloop"),
+        "aiohttp": _version("aiohttp"),
+        "uvicorn": _version("uvicorn"),
+        "starlette": _version("starlette"),
+        "httptools": _version("httptools"),
+        "nginx": _run(["nginx", "-v"]).removeprefix("nginx version: "),
+        "rlimit_nofile": list(nofile),
+        "sluice_commit": _run(["git", "rev-parse", "--short", "HEAD"]),
+        "sluice_proxy_uncommitted_files": len(dirty.splitlines()) if dirty != "unavailable" else None,
+    }

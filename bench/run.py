@@ -1,0 +1,295 @@
+"""Sluice's benchmark suite (issue 7): ``make bench``, or
+
+    .venv/bin/python -m bench.run [--quick] [--rounds N] [--only c1,tput,stream,sweep,memory]
+
+Runs direct, nginx, Sluice and Sluice with its default middleware chain in
+interleaved rounds (every path once per round, in turn), the proxy under test
+on core 0, the load generator (this process) and the upstream on core 1.
+Writes ``bench/results/results.json``, ``results.md`` and PNG charts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from . import machine, paths, report
+from .meter import wait_quiet
+from .paths import Target
+from .profile import profile
+from .scenarios import Plan, Wires, idle_memory, latency_c1, streaming, sweep_level, throughput
+
+SCENARIOS = ("c1", "tput", "stream", "sweep", "memory")
+
+QUICK = Plan(
+    rounds=1,
+    c1_seconds=2.0,
+    tput_probe_seconds=0.7,
+    tput_step_seconds=1.0,
+    stream_seconds=1.5,
+    sweep_levels=(1, 100, 1000, 5000),
+    sweep_rounds=1,
+    sweep_chunks=6,
+    sweep_ramp_seconds=0.5,
+    idle_streams=3000,
+)
+
+_t0 = time.monotonic()
+PROFILE_SKIP_AFTER_S = 510.0  # `make bench` must finish within 10 minutes
+
+
+def log(message: str) -> None:
+    print(f"[{time.monotonic() - _t0:6.1f}s] {message}", flush=True)
+
+
+class RetryBudget:
+    """Seconds that may go into re-running measurements other processes disturbed,
+    and into waiting for them to go quiet: together bounded, so that a busy
+    machine cannot push ``make bench`` past its ten minutes."""
+
+    seconds = 60.0
+    spent = 0.0
+    quiet_seconds = 40.0
+    quiet_spent = 0.0
+
+
+DISTURBED = 0.25  # of a core: other processes' CPU during a window that earns it a second try
+
+
+async def measured(run: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """One measurement: on a quiet machine if possible, without the generator's GC pauses.
+
+    A window in which other processes used more than ``DISTURBED`` of a core
+    is run again while the retry budget lasts, and the quieter try is kept.
+    """
+    best: dict[str, Any] | None = None
+    for attempt in range(2):
+        waited = time.monotonic()
+        foreign = await wait_quiet(max(0.0, min(3.0, RetryBudget.quiet_seconds - RetryBudget.quiet_spent)))
+        RetryBudget.quiet_spent += max(0.0, time.monotonic() - waited - 0.25)
+        gc.collect()
+        gc.disable()  # a full collection over thousands of requests would stall chunk timestamps
+        started = time.monotonic()
+        try:
+            result = await run()
+        finally:
+            gc.enable()
+        result["foreign_cpu_before"] = foreign
+        result["attempt"] = attempt + 1
+        if best is None or result.get("foreign_cpu", 0.0) < best.get("foreign_cpu", 0.0):
+            best = result
+        took = time.monotonic() - started
+        quiet = result.get("foreign_cpu", 0.0) <= DISTURBED
+        if quiet or attempt == 1 or RetryBudget.spent + took > RetryBudget.seconds:
+            break
+        RetryBudget.spent += took
+        log(f"  (other processes used {result['foreign_cpu']:.2f} of a core: measuring again)")
+    assert best is not None
+    return best
+
+
+async def in_rounds(
+    name: str,
+    targets: list[Target],
+    rounds: int,
+    run: Callable[[Target, int], Awaitable[dict[str, Any]]],
+    brief: Callable[[dict[str, Any]], str],
+) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+    for r in range(rounds):
+        for t in targets:
+            res = await measured(lambda t=t, r=r: run(t, r))  # type: ignore[misc]
+            out[t.name].append(res)
+            log(f"{name} round {r + 1}/{rounds} {t.name:<13} {brief(res)}")
+    return out
+
+
+def idle_stream_count(wanted: int) -> tuple[int, str | None]:
+    """A proxied stream holds two sockets in the proxy; the hard open-files limit caps them."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY or wanted * 2 + 200 <= hard:
+        return wanted, None
+    n = (hard - 200) // 2
+    return n, (
+        f"{wanted:,} idle streams need {2 * wanted:,} sockets in one proxy process, but this machine's "
+        f"hard RLIMIT_NOFILE is {hard:,} (not raisable here), so {n:,} were held"
+    )
+
+
+async def memory(workdir: Path, upstream: Target, keys: Path, wires: Wires, plan: Plan) -> dict[str, Any]:
+    """Fresh processes, one at a time, so each starts from its own baseline."""
+    n, capped = idle_stream_count(plan.idle_streams)
+    out: dict[str, Any] = {"requested": plan.idle_streams, "held_target": n, "capped_because": capped}
+    starters: dict[str, Callable[[], Target]] = {
+        "nginx": lambda: paths.start_nginx(workdir / "mem", upstream.port),
+        "sluice": lambda: paths.start_sluice(workdir / "mem", upstream.port),
+        "sluice+chain": lambda: paths.start_sluice(workdir / "mem", upstream.port, keys),
+    }
+    for name, start in starters.items():
+        target = start()
+        try:
+            res = await measured(lambda target=target: idle_memory(target, wires, n))  # type: ignore[misc]
+        finally:
+            target.stop()
+        out[name] = res
+        log(f"memory {name:<13} held {res['held']:,}: {res['kib_per_stream']:.1f} KiB/stream")
+    return out
+
+
+async def orchestrate(
+    plan: Plan, workdir: Path, only: set[str], out_dir: Path, do_profile: bool
+) -> dict[str, Any]:
+    upstream = paths.start_upstream(workdir)
+    keys = workdir / "keys.toml"
+    wires = Wires.build(plan, paths.create_bench_key(keys))
+    targets = [paths.direct(upstream)]
+    raw: dict[str, Any] = {}
+    try:
+        targets += [
+            paths.start_nginx(workdir, upstream.port),
+            paths.start_sluice(workdir, upstream.port),
+            paths.start_sluice(workdir, upstream.port, keys),
+        ]
+        log("started: " + ", ".join(f"{t.name} :{t.port}" for t in targets))
+        gc.freeze()  # what exists now never needs scanning again
+        if "c1" in only:
+            raw["latency_c1"] = await in_rounds(
+                "c1",
+                targets,
+                plan.rounds,
+                lambda t, r: latency_c1(t, plan, wires),
+                lambda x: f"p50 {x['p50']:.3f} ms p99 {x['p99']:.3f} ms errors {x['errors']}",
+            )
+        if "tput" in only:
+            raw["throughput"] = await in_rounds(
+                "tput",
+                targets,
+                plan.rounds,
+                lambda t, r: throughput(t, plan, wires, seed=1000 * r),
+                lambda x: (
+                    f"max {x['max_rps']:,.0f} req/s (p99 {x['p99_at_max']:.1f} ms), "
+                    f"closed loop {x['closed_loop_rps']:,.0f}"
+                ),
+            )
+        if "stream" in only:
+            raw["streaming"] = await in_rounds(
+                "stream",
+                targets,
+                plan.rounds,
+                lambda t, r: streaming(t, plan, wires),
+                lambda x: (
+                    f"ttfb p99 {x['ttfb'].get('p99', float('nan')):.3f} ms, "
+                    f"gap p99 {x['gap'].get('p99', float('nan')):.3f} ms, separate {x['separate']}"
+                ),
+            )
+        if "sweep" in only:
+            sweep: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {} for t in targets}
+            for level in plan.sweep_levels:
+                res = await in_rounds(
+                    f"sweep {level:>5}",
+                    targets,
+                    plan.sweep_rounds,
+                    lambda t, r, level=level: sweep_level(t, plan, wires, level),  # type: ignore[misc]
+                    lambda x: (
+                        f"gap p99 {x['gap'].get('p99', float('nan')):.1f} ms, stalls {x['stalls']}, "
+                        f"{x['cpu_us_per_chunk']:.1f} us/chunk, errors {x['errors']}"
+                    ),
+                )
+                for name, rounds in res.items():
+                    sweep[name][str(level)] = rounds
+            raw["sweep"] = sweep
+        sluice_rate = _profile_rate(raw)
+        for t in targets[1:]:
+            if t.name != "sluice" or not do_profile or sluice_rate is None:
+                t.stop()
+        if "memory" in only:
+            raw["memory"] = await memory(workdir, upstream, keys, wires, plan)
+        if do_profile and sluice_rate is not None and time.monotonic() - _t0 > PROFILE_SKIP_AFTER_S:
+            log("skipping the py-spy profile: the run is already long (a busy machine)")
+        elif do_profile and sluice_rate is not None:
+            sluice = next(t for t in targets if t.name == "sluice")
+            log(f"profiling sluice with py-spy at {sluice_rate:,.0f} req/s")
+            raw["profile"] = await profile(sluice, wires.json, sluice_rate, out_dir)
+    finally:
+        for t in targets[1:]:
+            t.stop()
+        upstream.stop()
+    return raw
+
+
+def _profile_rate(raw: dict[str, Any]) -> float | None:
+    rounds = raw.get("throughput", {}).get("sluice", [])
+    rates = sorted(r["max_rps"] for r in rounds if r["max_rps"] > 0)
+    return rates[len(rates) // 2] if rates else None
+
+
+def _setup_process() -> None:
+    # The generator shares the harness core with the upstream, never the proxy's.
+    os.sched_setaffinity(0, {paths.HARNESS_CORE})
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # run the finally blocks: stop every server we started
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Sluice benchmark suite (see bench/README section in results.md)"
+    )
+    parser.add_argument("--quick", action="store_true", help="a ~2 minute run for development")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds per scenario (default 3; quick 1)")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of Sluice")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
+    args = parser.parse_args(argv)
+    only = set(args.only.split(","))
+    if unknown := only - set(SCENARIOS):
+        parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    plan = QUICK if args.quick else Plan()
+    RetryBudget.seconds = 15.0 if args.quick else 45.0
+    if args.rounds:
+        plan = replace(plan, rounds=args.rounds)
+    _setup_process()
+    args.out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
+    log(f"work directory {workdir}; results to {args.out}")
+    facts = machine.facts()
+    started = time.monotonic()
+    try:
+        raw = uvloop.run(orchestrate(plan, workdir, only, args.out, not args.no_profile))
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    meta = {
+        **facts,
+        "plan": asdict(plan),
+        "quick": args.quick,
+        "duration_s": round(time.monotonic() - started, 1),
+        "rerun_seconds": round(RetryBudget.spent, 1),
+        "quiet_wait_seconds": round(RetryBudget.quiet_spent, 1),
+    }
+    written = report.write(args.out, meta, raw)
+    log(f"done in {meta['duration_s']:.0f} s: " + ", ".join(p.name for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

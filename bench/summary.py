@@ -1,0 +1,317 @@
+"""From raw rounds to the figures the report quotes, each checked against its target.
+
+Every figure is the median across rounds. Differences (``added``) and ratios
+are computed within a round (Sluice's round 2 against direct's round 2, which
+ran minutes apart at most) and then the median is taken, so slow drift of the
+machine cancels out.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .paths import HARNESS_CORE, PROXY_CORE
+
+PATHS = ("direct", "nginx", "sluice", "sluice+chain")
+NAN = math.nan
+
+Getter = Callable[[dict[str, Any]], float]
+
+
+@dataclass
+class Row:
+    section: str
+    metric: str
+    values: dict[str, float]  # per path
+    vs_direct: float = NAN  # Sluice ÷ direct
+    vs_nginx: float = NAN  # Sluice ÷ nginx
+    target: str = ""
+    status: str = ""  # PASS, FAIL, or a word saying why neither
+    notes: list[str] = field(default_factory=list)
+
+
+def _med(values: list[float]) -> float:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(vals) if vals else NAN
+
+
+def _get(rnd: dict[str, Any], key: str) -> float:
+    """``key`` may be dotted (``ttfb.p99``)."""
+    cur: Any = rnd
+    for part in key.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return NAN
+        cur = cur[part]
+    return float(cur) if cur is not None else NAN
+
+
+def _paired(rounds: dict[str, list[dict[str, Any]]], key: str, a: str, b: str, op: str) -> float:
+    xs, ys = rounds.get(a, []), rounds.get(b, [])
+    out = []
+    for x, y in zip(xs, ys, strict=False):
+        vx, vy = _get(x, key), _get(y, key)
+        out.append(vx - vy if op == "-" else (vx / vy if vy else NAN))
+    return _med(out)
+
+
+def figure(rounds: dict[str, list[dict[str, Any]]], key: str, section: str, metric: str) -> Row:
+    values = {p: _med([_get(r, key) for r in rounds.get(p, [])]) for p in PATHS if p in rounds}
+    return Row(
+        section,
+        metric,
+        values,
+        vs_direct=_paired(rounds, key, "sluice", "direct", "/"),
+        vs_nginx=_paired(rounds, key, "sluice", "nginx", "/"),
+    )
+
+
+def added(rounds: dict[str, list[dict[str, Any]]], key: str, section: str, metric: str) -> Row:
+    """What each proxy adds over direct (per round, then the median); the ratio column compares those."""
+    values = {p: _paired(rounds, key, p, "direct", "-") for p in PATHS[1:] if p in rounds}
+    nginx, sluice = values.get("nginx", NAN), values.get("sluice", NAN)
+    # A ratio of two differences means something only when both proxies add something.
+    return Row(section, metric, values, vs_nginx=sluice / nginx if nginx > 0 and sluice > 0 else NAN)
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def _le(v: float, limit: float) -> bool | None:
+    return None if math.isnan(v) else v <= limit
+
+
+def _ge(v: float, limit: float) -> bool | None:
+    return None if math.isnan(v) else v >= limit
+
+
+def foreign_note(rounds: dict[str, list[dict[str, Any]]]) -> str | None:
+    worst = max(
+        (
+            max(_get(r, "foreign_cpu"), _get(r, "foreign_cpu_before"))
+            for rs in rounds.values()
+            for r in rs
+            if isinstance(r, dict)
+        ),
+        default=0.0,
+    )
+    if worst > 0.1:
+        return (
+            f"machine not quiet: other processes used up to {worst:.2f} of a core during (or just "
+            "before) a measurement; medians across interleaved rounds damp it, but figures are noisier"
+        )
+    return None
+
+
+def latency_c1(rounds: dict[str, list[dict[str, Any]]]) -> list[Row]:
+    s = "1. Small JSON, concurrency 1"
+    rows = [figure(rounds, "p50", s, "latency p50 (ms)"), figure(rounds, "p99", s, "latency p99 (ms)")]
+    rows.append(added(rounds, "p50", s, "added latency p50 (ms)"))
+    a99 = added(rounds, "p99", s, "added latency p99 (ms)")
+    a99.target, a99.status = "Sluice ≤ 1 ms", verdict(_le(a99.values.get("sluice", NAN), 1.0))
+    rows += [a99, figure(rounds, "cpu_us_per_request", s, "proxy CPU per request (µs)")]
+    return rows
+
+
+def throughput(rounds: dict[str, list[dict[str, Any]]]) -> tuple[list[Row], dict[str, Any]]:
+    s = "2. Max sustained req/s (p99 < 50 ms, 0 errors)"
+    best = figure(rounds, "max_rps", s, "max sustained requests/s")
+    best.target = "Sluice ≥ 0.3 x nginx"
+    best.status = verdict(_ge(best.vs_nginx, 0.3))
+    ceiling = best.values.get("direct", NAN)
+    closed = {p: _med([_get(r, "closed_loop_rps") for r in rs]) for p, rs in rounds.items()}
+    harness: dict[str, Any] = {
+        "ceiling_rps": ceiling,
+        "closed_loop_ceiling_rps": closed.get("direct"),
+        "limited": {},
+    }
+    for p, v in best.values.items():
+        if p == "direct":
+            continue
+        rs = rounds.get(p, [])
+        harness_busy = _med([_util(r, "fail_core_util", HARNESS_CORE) for r in rs])
+        proxy_busy = _med([_util(r, "fail_core_util", PROXY_CORE) for r in rs])
+        reasons = []
+        if v >= 0.9 * ceiling:
+            reasons.append(f"within 10% of the harness ceiling ({ceiling:,.0f} req/s, the direct figure)")
+        if closed.get(p, NAN) >= 0.9 * closed.get("direct", NAN):
+            reasons.append(
+                f"its closed-loop probe ({closed[p]:,.0f} req/s) is within 10% of the harness's own "
+                f"({closed['direct']:,.0f}): it ran as fast as the generator and upstream could go"
+            )
+        if harness_busy >= 0.9 and not proxy_busy >= 0.9:
+            reasons.append(
+                f"at the first failing rate the harness core was {harness_busy:.0%} busy and the proxy's "
+                f"only {proxy_busy:.0%}: the harness, not the proxy, set the limit"
+            )
+        if reasons:
+            harness["limited"][p] = reasons
+            best.notes.append(f"{p}: " + "; ".join(reasons) + " (a lower bound)")
+    if "nginx" in harness["limited"]:
+        best.notes.append(
+            "so Sluice ÷ nginx is an upper bound: nginx would do at least as well on a faster harness"
+        )
+    chain = Row(s, "default chain cost (1 - chain ÷ Sluice)", {})
+    cost = 1 - _paired(rounds, "max_rps", "sluice+chain", "sluice", "/")
+    chain.values = {"sluice+chain": cost}
+    chain.target, chain.status = "≤ 15 %", verdict(_le(cost, 0.15))
+    # The same cost from CPU per request, which other processes on the machine disturb far less.
+    cpu_cost = Row(s, "chain cost from CPU per request (1 - Sluice ÷ chain)", {})
+    cpu_cost.values = {
+        "sluice+chain": 1 - _paired(rounds, "cpu_us_per_request", "sluice", "sluice+chain", "/")
+    }
+    cpu_cost.notes.append("supporting figure: the CPU a request costs at each path's own maximum rate")
+    rows = [
+        best,
+        figure(rounds, "p99_at_max", s, "p99 at that rate (ms)"),
+        figure(rounds, "closed_loop_rps", s, "closed-loop probe, 64 connections (req/s)"),
+        figure(rounds, "cpu_us_per_request", s, "proxy CPU per request at max (µs)"),
+        chain,
+        cpu_cost,
+    ]
+    return rows, harness
+
+
+def _util(r: dict[str, Any], key: str, core: int) -> float:
+    u = r.get(key)
+    return float(u[core]) if isinstance(u, list) and len(u) > core else NAN
+
+
+def streaming(rounds: dict[str, list[dict[str, Any]]]) -> list[Row]:
+    s = "3. Streams, 64 chunks every 20 ms, low load"
+    rows = [
+        figure(rounds, "ttfb.p50", s, "time to first event p50 (ms)"),
+        figure(rounds, "ttfb.p99", s, "time to first event p99 (ms)"),
+        added(rounds, "ttfb.p50", s, "added TTFB p50 (ms)"),
+    ]
+    t99 = added(rounds, "ttfb.p99", s, "added TTFB p99 (ms)")
+    t99.target, t99.status = "Sluice ≤ 1 ms", verdict(_le(t99.values.get("sluice", NAN), 1.0))
+    rows += [
+        t99,
+        figure(rounds, "gap.p50", s, "inter-chunk gap p50 (ms)"),
+        figure(rounds, "gap.p99", s, "inter-chunk gap p99 (ms)"),
+        added(rounds, "gap.p50", s, "added inter-chunk p50 (ms)"),
+    ]
+    g99 = added(rounds, "gap.p99", s, "added inter-chunk p99 (ms)")
+    g99.target, g99.status = "Sluice ≤ 0.5 ms", verdict(_le(g99.values.get("sluice", NAN), 0.5))
+    rows.append(g99)
+    # Like every other figure, a median across rounds: one round disturbed by
+    # another process (a stalled proxy reads two events at once) does not decide.
+    clean = {p: [bool(r.get("separate")) for r in rs] for p, rs in rounds.items()}
+    separate = {p: float(statistics.median([float(c) for c in cs])) for p, cs in clean.items() if cs}
+    row = Row(s, "every chunk arrived in its own read (median round; 1 = yes)", separate)
+    row.target, row.status = "no coalescing", verdict(separate.get("sluice", 0.0) == 1.0)
+    row.notes.append(
+        "rounds in which every event of every stream arrived in a read of its own: "
+        + ", ".join(f"{p} {sum(cs)}/{len(cs)}" for p, cs in clean.items())
+        + "; reads carrying more than one event, all rounds: "
+        + ", ".join(f"{p} {sum(int(r.get('coalesced_reads', 0)) for r in rs)}" for p, rs in rounds.items())
+    )
+    rows += [row, figure(rounds, "cpu_us_per_chunk", s, "proxy CPU per chunk (µs)")]
+    return rows
+
+
+def sweep(levels_by_path: dict[str, dict[str, list[dict[str, Any]]]], interval_ms: float) -> list[Row]:
+    rows = []
+    levels = sorted({int(level) for lv in levels_by_path.values() for level in lv})
+    for level in levels:
+        rounds = {p: lv.get(str(level), []) for p, lv in levels_by_path.items()}
+        s = f"4. Sweep: {level:,} concurrent streams (chunk every {interval_ms:g} ms)"
+        gap = figure(rounds, "gap.p99", s, "inter-chunk p99 (ms)")
+        infl = figure(rounds, "gap_p99_inflation_ms", s, "p99 inflation over the pacing (ms)")
+        stalls = figure(rounds, "stalls", s, "stalls (gaps ≥ threshold)")
+        errs = figure(rounds, "errors", s, "errors / incomplete streams")
+        chunk = figure(rounds, "cpu_us_per_chunk", s, "proxy CPU per chunk (µs)")
+        req = figure(rounds, "cpu_us_per_request", s, "proxy CPU per stream (µs)")
+        if any(math.isnan(v) for p, v in chunk.values.items() if p != "direct"):
+            chunk.notes.append(
+                '"-": under 5 ticks (50 ms) of proxy CPU in the window, below /proc\'s resolution'
+            )
+        busy = {p: _med([_util(r, "core_util", HARNESS_CORE) for r in rs]) for p, rs in rounds.items()}
+        if any(v >= 0.9 for v in busy.values()):
+            gap.notes.append(
+                "harness core ≥ 90% busy for "
+                + ", ".join(p for p, v in busy.items() if v >= 0.9)
+                + ": gaps there include the harness's own delay"
+            )
+        rows += [gap, infl, stalls, errs, chunk, req]
+    return rows
+
+
+def memory(mem: dict[str, Any]) -> list[Row]:
+    s = "5. Memory per open idle stream"
+    paths = [p for p in PATHS if isinstance(mem.get(p), dict)]
+    per = Row(s, "RSS growth per stream (KiB)", {p: float(mem[p]["kib_per_stream"]) for p in paths})
+    per.vs_nginx = per.values.get("sluice", NAN) / per.values.get("nginx", NAN) if "nginx" in paths else NAN
+    per.target, per.status = "Sluice ≤ 50 KiB", verdict(_le(per.values.get("sluice", NAN), 50.0))
+    held = Row(s, "streams held at once", {p: float(mem[p]["held"]) for p in paths})
+    held.target = f"{mem['requested']:,} in one worker"
+    sl = mem.get("sluice", {}).get("held", 0)
+    if mem.get("capped_because"):
+        # Holding every stream the machine allows is not holding the 10,000 the target names.
+        held.status = f"UNTESTED (max here {mem['held_target']:,}; held {sl:,})"
+        held.notes.append(str(mem["capped_because"]))
+    else:
+        held.status = verdict(sl >= mem["requested"])
+    rss = Row(s, "RSS before → holding (MiB)", {})
+    rss.notes.append(
+        "; ".join(
+            f"{p} {mem[p]['rss_before_kib'] / 1024:.1f} → {mem[p]['rss_held_kib'] / 1024:.1f}"
+            f" (after close {mem[p]['rss_after_close_kib'] / 1024:.1f})"
+            for p in paths
+        )
+    )
+    return [per, held, rss]
+
+
+def identity(raw: dict[str, Any]) -> Row:
+    """Byte identity: every body through every path hashed the same as the upstream's own bytes."""
+    checked: dict[str, float] = {}
+    bad: dict[str, int] = {}
+    for name in ("latency_c1", "throughput", "streaming"):
+        for p, rs in raw.get(name, {}).items():
+            for r in rs:
+                bad[p] = bad.get(p, 0) + int(r.get("hash_mismatches", 0))
+                checked[p] = checked.get(p, 0) + float(r.get("requests", r.get("streams", 0)))
+    for p, lv in raw.get("sweep", {}).items():
+        for rs in lv.values():
+            for r in rs:
+                bad[p] = bad.get(p, 0) + int(r.get("hash_mismatches", 0))
+                checked[p] = checked.get(p, 0) + float(r.get("streams", 0))
+    row = Row(
+        "Correctness", "bodies whose SHA-256 differs from direct's", {p: float(n) for p, n in bad.items()}
+    )
+    row.target = "0 (byte-identical)"
+    row.status = verdict(bool(bad) and bad.get("sluice", 1) == 0 and bad.get("sluice+chain", 1) == 0)
+    row.notes.append("responses hashed: " + ", ".join(f"{p} {int(n):,}" for p, n in checked.items()))
+    return row
+
+
+def summarize(raw: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    rows: list[Row] = []
+    harness: dict[str, Any] = {}
+    notes: list[str] = []
+    if "latency_c1" in raw:
+        rows += latency_c1(raw["latency_c1"])
+    if "throughput" in raw:
+        tput, harness = throughput(raw["throughput"])
+        rows += tput
+    if "streaming" in raw:
+        rows += streaming(raw["streaming"])
+    if "sweep" in raw:
+        rows += sweep(raw["sweep"], plan["sweep_interval_ms"])
+    if "memory" in raw:
+        rows += memory(raw["memory"])
+    rows.append(identity(raw))
+    for name in ("latency_c1", "throughput", "streaming"):
+        if name in raw and (note := foreign_note(raw[name])):
+            notes.append(f"{name}: {note}")
+    for level_rounds in raw.get("sweep", {}).values():
+        if note := foreign_note({str(k): v for k, v in level_rounds.items()}):
+            notes.append(f"sweep: {note}")
+            break
+    return {"rows": [asdict(r) for r in rows], "harness": harness, "notes": notes}
