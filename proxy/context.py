@@ -8,8 +8,9 @@ request ends. Plain attributes, no locking: one request is one task.
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote
@@ -93,7 +94,17 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
             if 0 < len(candidate) <= 128 and _REQUEST_ID_CHARS.issuperset(candidate):
                 return candidate
             break
-    return uuid.uuid4().hex
+    return _next_id()
+
+
+# Request ids: 16 random hex digits per process, then a counter. As unique as
+# a uuid4 across workers and restarts, without its cost on every request.
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
+def _next_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 def new_context(scope: Scope) -> RequestContext:

@@ -59,13 +59,21 @@ _RESPONSE_DROP = HOP_BY_HOP | UPSTREAM_HOP
 SSE_EXTRA: Headers = [(b"x-accel-buffering", b"no")]
 
 
-def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """Header names listed in ``Connection``: they are hop-by-hop too (RFC 9110 §7.6.1)."""
     tokens: set[bytes] = set()
     for name, value in headers:
         if name == b"connection":
             tokens.update(t.strip().lower() for t in value.split(b","))
     return frozenset(tokens)
+
+
+def _drop_set(headers: list[tuple[bytes, bytes]], base: frozenset[bytes]) -> frozenset[bytes]:
+    # Most requests carry no Connection header (HTTP/1.1 keep-alive is the
+    # default, HTTP/2 forbids it): skip the scan for its tokens then.
+    if not any(name == b"connection" for name, _ in headers):
+        return base
+    return base | _connection_tokens(headers)
 
 
 def upstream_request_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
@@ -75,7 +83,7 @@ def upstream_request_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tup
     wire, and decoding as latin-1 round-trips every byte.
     """
     headers = list(headers)
-    drop = _REQUEST_DROP | _connection_tokens(headers)
+    drop = _drop_set(headers, _REQUEST_DROP)
     return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers if n not in drop]
 
 
@@ -86,7 +94,7 @@ def client_response_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple
     upstream cased them, so they are lower-cased here as ASGI requires.
     """
     pairs = [(n.lower(), v) for n, v in raw_headers]
-    drop = _RESPONSE_DROP | _connection_tokens(pairs)
+    drop = _drop_set(pairs, _RESPONSE_DROP)
     out = [(n, v) for n, v in pairs if n not in drop]
     is_sse = False
     has_cache_control = False

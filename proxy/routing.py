@@ -79,6 +79,8 @@ def _check_escapes(raw_path: bytes) -> None:
 
 
 def query_has_key(query_string: bytes) -> bool:
+    if not query_string or (b"key" not in query_string.lower() and b"%" not in query_string):
+        return False  # the common case, without parsing
     return any(unquote_to_bytes(name) == b"key" for name in _query_names(query_string))
 
 
