@@ -283,19 +283,15 @@ class _Exchange:
                 await asyncio.sleep(min(0.1 * 2 ** (connect_failures - 1), 2.0))
                 index = (index + 1) % len(candidates)
                 continue
-            if response.status in (401, 403):
-                response.close()
-                pool.refused(cred, str(response.status))
-                if last or not replayable:
-                    raise _Refused(str(response.status))
-                index += 1
-                continue
-            if response.status == 429:
-                pool.throttled(cred, response.headers.get("retry-after"))
+            if pool.judge(cred, response.status, response.headers.get("retry-after")):
                 if replayable and not last:
                     response.close()
                     index += 1
                     continue
+                if response.status != 429:  # refused, and nowhere else to go
+                    response.close()
+                    raise _Refused(str(response.status))
+                # A 429 with nowhere else to go reaches the client, retry-after intact.
             self.ctx.credential = cred.label
             return response
 

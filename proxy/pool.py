@@ -134,6 +134,20 @@ class CredentialPool:
             "%s credential %r rate-limited upstream: cooling for %gs", self.provider, cred.label, seconds
         )
 
+    def judge(self, cred: Credential, status: int, retry_after: str | None) -> bool:
+        """Record what an upstream status says about ``cred``.
+
+        True when the credential itself was turned away (401/403: failed;
+        429: cooling), so the request belongs on the next credential.
+        """
+        if status in (401, 403):
+            self.refused(cred, str(status))
+            return True
+        if status == 429:
+            self.throttled(cred, retry_after)
+            return True
+        return False
+
     def reset(self, label: str | None = None) -> int:
         """Operator override: mark credentials healthy again. Returns how many changed."""
         changed = 0

@@ -78,23 +78,35 @@ def _check_escapes(raw_path: bytes) -> None:
         start = raw_path.find(b"%", start + 3)
 
 
+def _may_hold_key(query_string: bytes) -> bool:
+    # The common case, decided without parsing: no "key", not even encoded.
+    return b"key" in query_string.lower() or b"%" in query_string
+
+
+def _is_key(part: bytes) -> bool:
+    """Whether one ``name=value`` part is the ``key`` parameter (the name may be percent-encoded)."""
+    return unquote_to_bytes(part.split(b"=", 1)[0]) == b"key"
+
+
 def query_has_key(query_string: bytes) -> bool:
-    if not query_string or (b"key" not in query_string.lower() and b"%" not in query_string):
-        return False  # the common case, without parsing
-    return any(unquote_to_bytes(name) == b"key" for name in _query_names(query_string))
+    return _may_hold_key(query_string) and any(_is_key(p) for p in query_string.split(b"&"))
 
 
-def _query_names(query_string: bytes) -> Iterable[bytes]:
-    for part in query_string.split(b"&"):
-        yield part.split(b"=", 1)[0].replace(b"+", b" ")
+def query_key(query_string: bytes) -> bytes | None:
+    """The decoded value of the first non-empty ``key=`` parameter (a Gemini client's key)."""
+    if _may_hold_key(query_string):
+        for part in query_string.split(b"&"):
+            value = part.partition(b"=")[2]
+            if value and _is_key(part):
+                return unquote_to_bytes(value)
+    return None
 
 
 def strip_query_credentials(query_string: bytes) -> bytes:
     """Drop every ``key=`` parameter (the Gemini client credential), keep the rest byte for byte."""
-    if b"key" not in query_string.lower() and b"%" not in query_string:
+    if not _may_hold_key(query_string):
         return query_string
-    kept = [p for p in query_string.split(b"&") if unquote_to_bytes(p.split(b"=", 1)[0]) != b"key"]
-    return b"&".join(kept)
+    return b"&".join(p for p in query_string.split(b"&") if not _is_key(p))
 
 
 def resolve(raw_path: bytes, headers: Iterable[tuple[bytes, bytes]], query_string: bytes) -> Route | None:

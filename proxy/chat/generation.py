@@ -215,11 +215,7 @@ class Generation:
             response = await self._session().post(
                 url, data=native.body, headers=headers, allow_redirects=False
             )
-            if response.status in (401, 403):
-                self._pool.refused(cred, str(response.status))
-            elif response.status == 429:
-                self._pool.throttled(cred, response.headers.get("retry-after"))
-            else:
+            if not self._pool.judge(cred, response.status, response.headers.get("retry-after")):
                 return response
             if not last:
                 response.close()

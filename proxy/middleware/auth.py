@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-from urllib.parse import unquote_to_bytes
 
 from ..asgi import ASGIApp, Receive, Scope, Send
 from ..body import read_body
@@ -22,6 +21,7 @@ from ..context import RequestContext, get_or_create_context
 from ..errors import send_error
 from ..keys import KeyStore
 from ..metrics import Metrics
+from ..routing import query_key
 
 logger = logging.getLogger("sluice.auth")
 
@@ -42,11 +42,8 @@ def presented_key(scope: Scope) -> str | None:
             return found[name].decode("latin-1")
     if bearer:
         return bearer.decode("latin-1")
-    for part in scope["query_string"].split(b"&"):
-        name, _, value = part.partition(b"=")
-        if unquote_to_bytes(name) == b"key" and value:
-            return unquote_to_bytes(value).decode("latin-1")
-    return None
+    key = query_key(scope["query_string"])
+    return key.decode("latin-1") if key is not None else None
 
 
 def model_from_json(body: bytes) -> str | None:
