@@ -152,7 +152,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     settings = load_settings(
         env, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level
     )
-    no_keys = all(settings.upstreams[p].api_key is None for p in PROVIDERS)
+    no_keys = all(not settings.upstreams[p].credentials for p in PROVIDERS)
     if args.mock or (args.mock_if_unconfigured and no_keys):
         from .mock import start_mock_in_thread
 

@@ -9,7 +9,8 @@ def banner(settings: Settings, url: str) -> str:
     lines = [f"Sluice listening on {url} ({settings.workers} worker{'s' if settings.workers > 1 else ''})"]
     for p in PROVIDERS:
         up = settings.upstreams[p]
-        key = "key set" if up.api_key else f"no key: set {up.key_setting}"
+        count = len(up.credentials)
+        key = f"{count} credential{'s' if count > 1 else ''}" if count else f"no key: set {up.key_setting}"
         lines.append(f"  {p:<9} → {up.base_url}  ({'mock' if settings.mock else key})")
     if settings.mock:
         lines.append(_try_it(url))

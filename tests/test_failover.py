@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -315,3 +316,41 @@ def test_a_vertex_only_pool_refuses_paths_vertex_cannot_serve(
     assert response.status_code == 400
     assert "No configured gemini credential can serve this path" in response.json()["error"]["message"]
     assert mock.state.records == []
+
+
+def test_a_vertex_only_pool_serves_the_chat_api(
+    tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
+) -> None:
+    """Regression: the chat API took "no API key" for "no credential" and refused a Vertex-only pool."""
+    config = _vertex_config(tmp_path, mock)
+    config.write_text(config.read_text().split('[[providers.gemini.credentials]]\nlabel = "studio"')[0])
+    sluice = sluice_factory(**{**upstream_env(mock), "GEMINI_API_KEY": ""}, SLUICE_CONFIG=str(config))
+    assert "gemini    → " in sluice.log() and "(1 credential)" in sluice.log()
+    with httpx.Client(base_url=sluice.url) as client:
+        models = client.get("/api/chat/models").json()["models"]
+        reply = client.post(
+            "/api/chat", json={"model": "gemini/gemini-x", "messages": [{"role": "user", "content": "hi"}]}
+        )
+    assert any(m.startswith("gemini/") for m in models)
+    assert reply.status_code == 200
+    events = [block.split("\n") for block in reply.text.split("\n\n") if "event: token" in block]
+    text = "".join(
+        json.loads(line[len("data: ") :])["text"]
+        for lines in events
+        for line in lines
+        if line.startswith("data: ")
+    )
+    assert text == "".join(mock_tokens(12))
+    assert "event: done" in reply.text
+    assert "/projects/mock-project/locations/us-central1/" in mock.state.last(":streamGenerateContent").path
+
+
+def test_a_vertex_only_configuration_is_not_taken_for_no_configuration(
+    tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
+) -> None:
+    """Regression: `make run` (--mock-if-unconfigured) looked only for API keys and fell back to the mock."""
+    config = _vertex_config(tmp_path, mock)
+    config.write_text(config.read_text().split('[[providers.gemini.credentials]]\nlabel = "studio"')[0])
+    sluice = sluice_factory("--mock-if-unconfigured", SLUICE_CONFIG=str(config))
+    assert "built-in mock" not in sluice.log()
+    assert "(1 credential)" in sluice.log()

@@ -172,7 +172,7 @@ class ChatApi:
         if not await self._permitted(ctx, send, request.provider, request.model):
             return
         upstream = settings.upstreams[request.provider]
-        if upstream.api_key is None:
+        if not upstream.credentials:
             ctx.outcome, ctx.detail = "unavailable", "no_provider_key"
             message = f"Sluice has no {request.provider} API key configured; set {upstream.key_setting}."
             await api_error(send, 503, "no_provider_key", message)
@@ -300,7 +300,7 @@ class ChatApi:
 
         def usable(target: str) -> bool:
             provider, _, model = target.partition("/")
-            if upstreams[provider].api_key is None:  # type: ignore[index]
+            if not upstreams[provider].credentials:  # type: ignore[index]
                 return False
             return key is None or (key.allows_provider(provider) and key.allows_model(model))
 
