@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 
-from .context import RequestContext
+from .context import RequestContext, Usage
 
 LabelValues = tuple[str, ...]
 
@@ -180,11 +180,13 @@ class Metrics:
         if ctx.outcome == "upstream_error":
             self.upstream_errors.inc((provider, ctx.detail or "unknown"))
         if ctx.usage is not None:
-            key = ctx.key_name or ""
-            if ctx.usage.input_tokens:
-                self.tokens.inc((provider, key, "input"), ctx.usage.input_tokens)
-            if ctx.usage.output_tokens:
-                self.tokens.inc((provider, key, "output"), ctx.usage.output_tokens)
+            self.count_tokens(provider, ctx.key_name or "", ctx.usage)
+
+    def count_tokens(self, provider: str, key: str, usage: Usage) -> None:
+        if usage.input_tokens:
+            self.tokens.inc((provider, key, "input"), usage.input_tokens)
+        if usage.output_tokens:
+            self.tokens.inc((provider, key, "output"), usage.output_tokens)
 
     def render(self) -> str:
         out: list[str] = []

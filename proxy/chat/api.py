@@ -313,11 +313,7 @@ class ChatApi:
     async def _account(self, key: object, provider: str, usage: Usage) -> None:
         """Tokens of a generation whose usage no client received: metrics and TPM, as a request would."""
         name = key.name if isinstance(key, ClientKey) else ""
-        tokens = self.services.metrics.tokens
-        if usage.input_tokens:
-            tokens.inc((provider, name, "input"), usage.input_tokens)
-        if usage.output_tokens:
-            tokens.inc((provider, name, "output"), usage.output_tokens)
+        self.services.metrics.count_tokens(provider, name, usage)
         if isinstance(key, ClientKey) and key.limits.tpm is not None:
             with contextlib.suppress(Exception):  # the limiter logs its own failures
                 await self.services.limiter.charge_tokens(key.name, usage.total)

@@ -17,6 +17,7 @@ import uuid
 
 from ..asgi import Receive, Send
 from ..context import RequestContext, Usage
+from ..headers import SSE_EXTRA
 from .events import HEARTBEAT, ChatEvent, retry_hint
 from .store import EventStore, GenerationGone, StoreUnavailable
 
@@ -28,7 +29,7 @@ RETRY_MS = 1000  # the reconnection delay suggested to clients: well inside the 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),  # nginx must not buffer the stream
+    *SSE_EXTRA,  # the same as on the providers' event streams: nginx must not buffer it
 ]
 
 
