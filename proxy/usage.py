@@ -103,6 +103,19 @@ class UsageTap:
         except Exception:  # a tap must never break the response it watches
             self._give_up()
 
+    def observe(self, event: SseEvent) -> None:
+        """Read one event of an event stream the caller has already scanned.
+
+        For callers that parse the stream themselves (the chat API): the
+        stream is then scanned once, not once by each reader.
+        """
+        if self._off:
+            return
+        try:
+            self._look(event)
+        except Exception:  # a tap must never break the response it watches
+            self._give_up()
+
     def finish(self) -> Usage | None:
         """The usage the provider reported, once the last chunk was fed; ``None``
         if it reported none or the body could not be read."""
@@ -146,15 +159,17 @@ class UsageTap:
 
     def _take_sse(self, data: bytes) -> None:
         assert self._scanner is not None
-        needle = self._needle
         for event in self._scanner.feed(data):
-            # One substring scan skips the token events, which are nearly all.
-            # rfind: where usage appears it is near the end, so a hit costs less.
-            if event.data.rfind(needle) >= 0:
-                self._on_event(event)
-            if self.model is None and self._model_tries and self._model_key in event.data:
-                self._model_tries -= 1
-                self._read_model(_loads(event.data))
+            self._look(event)
+
+    def _look(self, event: SseEvent) -> None:
+        # One substring scan skips the token events, which are nearly all.
+        # rfind: where usage appears it is near the end, so a hit costs less.
+        if event.data.rfind(self._needle) >= 0:
+            self._on_event(event)
+        if self.model is None and self._model_tries and self._model_key in event.data:
+            self._model_tries -= 1
+            self._read_model(_loads(event.data))
 
     # ----------------------------------------------------- events by provider
     def _openai_event(self, event: SseEvent) -> None:

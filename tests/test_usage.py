@@ -26,6 +26,7 @@ import proxy.usage as usage_module
 from proxy import _mock_formats as fmt
 from proxy.context import Usage
 from proxy.mock import MockHandle
+from proxy.sse import SseScanner
 from proxy.usage import UsageTap
 
 GUARD = 10.0
@@ -112,6 +113,19 @@ def test_one_byte_chunks_and_one_piece() -> None:
         body = build(r)
         assert run_tap(provider, ctype, body, list(range(len(body)))).finish() == expect(r), name
         assert run_tap(provider, ctype, body).finish() == expect(r), name
+
+
+def test_observing_scanned_events_reads_what_feeding_bytes_reads() -> None:
+    """The chat API scans a stream once and shows the tap its events (UsageTap.observe)."""
+    r = reply(7, 9, "model-x")
+    for name, (provider, ctype, build, expect) in FORMATS.items():
+        if ctype != SSE:
+            continue
+        tap = UsageTap(provider, ctype, None)  # type: ignore[arg-type]
+        for event in SseScanner(max_event_bytes=4 << 20).feed(build(r)):
+            tap.observe(event)
+        assert tap.finish() == expect(r), name
+        assert tap.model == "model-x", name
 
 
 def test_finish_is_idempotent() -> None:

@@ -154,6 +154,10 @@ _REASONS: dict[str, str] = {
 }
 
 
+# The tap's own bound on an event (a usage-bearing event can carry the whole answer).
+_MAX_EVENT = 4 << 20
+
+
 def _finish(provider_reason: str) -> Finish:
     return Finish(_REASONS.get(provider_reason, "other"), provider_reason)
 
@@ -165,14 +169,15 @@ class StreamDecoder:
         self.provider = provider
         self.finish: Finish | None = None
         self.complete = False  # the provider's own end marker arrived
-        self._scanner = SseScanner()
-        self._tap = UsageTap(provider, content_type.encode("latin-1"), None)
+        self._tap = UsageTap(provider, content_type.encode("latin-1"), None, max_body_bytes=_MAX_EVENT)
+        # One scan serves both: the tap reads the usage from the events decoded here.
+        self._scanner = SseScanner(max_event_bytes=_MAX_EVENT)
         self._decode = getattr(self, f"_{provider}")
 
     def feed(self, chunk: bytes) -> list[Item]:
-        self._tap.feed(chunk)
         items: list[Item] = []
         for event in self._scanner.feed(chunk):
+            self._tap.observe(event)
             items.extend(self._decode(event))
         for item in items:
             if isinstance(item, Finish):
