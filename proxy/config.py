@@ -318,8 +318,10 @@ def _chat_settings(env: Mapping[str, str]) -> ChatSettings:
     )
 
 
+# A model name as the chat API accepts it (proxy.chat.request uses this too).
+MODEL_NAME = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}"
 _ALIAS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_ALIAS_TARGET = re.compile(r"(openai|gemini|anthropic)/[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_ALIAS_TARGET = re.compile(rf"({'|'.join(PROVIDERS)})/{MODEL_NAME}")
 
 
 def _aliases(raw: str) -> dict[str, str]:

@@ -17,7 +17,7 @@ from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, unquote
 
 from ..asgi import Scope
-from ..config import PROVIDERS, ProviderName
+from ..config import MODEL_NAME, PROVIDERS, ProviderName
 
 __all__ = [
     "BadChatRequest",
@@ -40,7 +40,7 @@ _FIELDS = frozenset({"model", "messages", "system", "max_tokens", "temperature"}
 _QUERY_FIELDS = _FIELDS | {"prompt", "key", "last_event_id"}
 # Model names end up in a URL path (Gemini) or a JSON body: a conservative
 # alphabet keeps them from ever changing where a request goes.
-_MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_MODEL = re.compile(MODEL_NAME)
 
 
 class BadChatRequest(ValueError):
