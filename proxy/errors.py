@@ -17,6 +17,7 @@ import aiohttp
 
 from .asgi import Send
 from .config import ProviderName
+from .h1client import ConnectFailed, ResponseBroken
 
 # status → (OpenAI type, OpenAI code, Gemini status, Anthropic type)
 _KINDS: dict[int, tuple[str, str, str, str]] = {
@@ -71,17 +72,24 @@ def upstream_failure(exc: BaseException, provider: ProviderName) -> tuple[int, s
     Messages name the provider and the kind of failure, never the URL's
     query or any header, so no credential can end up in them.
     """
-    os_error = exc.os_error if isinstance(exc, aiohttp.ClientConnectorError) else exc
+    # The passthrough's client (h1client) and the chat's (aiohttp) say the same things differently.
+    os_error: BaseException | None = exc
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+    elif isinstance(exc, ConnectFailed):
+        os_error = exc.cause
     if isinstance(os_error, OSError) and os_error.errno in _OVERLOAD_ERRNOS:
         # Out of file descriptors or buffers: Sluice is overloaded, the upstream is fine.
         return 503, "Sluice is overloaded (no sockets left); retry shortly.", "overloaded"
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+    if isinstance(exc, aiohttp.ConnectionTimeoutError) or (isinstance(exc, ConnectFailed) and exc.timed_out):
         return 504, f"Sluice timed out connecting to the {provider} upstream.", "connect_timeout"
     if isinstance(exc, TimeoutError):
         return 504, f"The {provider} upstream did not respond in time.", "headers_timeout"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        name = exc.os_error.__class__.__name__
+    if isinstance(exc, aiohttp.ClientConnectorError | ConnectFailed):
+        name = os_error.__class__.__name__
         return 502, f"Sluice could not connect to the {provider} upstream ({name}).", "unreachable"
+    if isinstance(exc, ResponseBroken):
+        return 502, f"The {provider} upstream failed before responding ({exc.reason}).", "unreachable"
     if isinstance(exc, aiohttp.ClientError):
         name = exc.__class__.__name__
         return 502, f"The {provider} upstream failed before responding ({name}).", "unreachable"

@@ -31,11 +31,12 @@ HOP_BY_HOP = frozenset(
 CLIENT_CREDENTIALS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key", b"cookie"})
 
 # Facts about the client's hop, not the upstream's: the provider has no need
-# for internal addresses, and aiohttp writes Host itself. Content-Length is
-# kept: aiohttp sends a streamed body with it (not chunked) when it is given.
+# for internal addresses. Host and the body's framing (Content-Length) are
+# written by the upstream client, which knows the body it actually sends.
 CLIENT_HOP = frozenset(
     {
         b"host",
+        b"content-length",
         b"expect",
         b"forwarded",
         b"x-forwarded-for",
@@ -76,26 +77,17 @@ def _drop_set(headers: list[tuple[bytes, bytes]], base: frozenset[bytes]) -> fro
     return base | _connection_tokens(headers)
 
 
-def upstream_request_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    """Client headers minus hop-by-hop, credentials and client-hop facts.
-
-    Returned as ``str`` pairs for aiohttp. Header values are latin-1 on the
-    wire, and decoding as latin-1 round-trips every byte.
-    """
-    headers = list(headers)
+def upstream_request_headers(headers: list[tuple[bytes, bytes]]) -> Headers:
+    """Client headers (ASGI: lower-case names) minus hop-by-hop, credentials and client-hop facts."""
     drop = _drop_set(headers, _REQUEST_DROP)
-    return [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers if n not in drop]
+    return [(n, v) for n, v in headers if n not in drop]
 
 
-def client_response_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[Headers, bool]:
-    """Upstream headers as the client should see them, and whether the body is an event stream.
-
-    ``raw_headers`` are aiohttp's ``ClientResponse.raw_headers``: names as the
-    upstream cased them, so they are lower-cased here as ASGI requires.
-    """
-    pairs = [(n.lower(), v) for n, v in raw_headers]
-    drop = _drop_set(pairs, _RESPONSE_DROP)
-    out = [(n, v) for n, v in pairs if n not in drop]
+def client_response_headers(headers: Headers) -> tuple[Headers, bool]:
+    """Upstream headers (lower-case names) as the client should see them, and
+    whether the body is an event stream."""
+    drop = _drop_set(headers, _RESPONSE_DROP)
+    out = [(n, v) for n, v in headers if n not in drop]
     is_sse = False
     has_cache_control = False
     for name, value in out:

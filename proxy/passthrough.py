@@ -24,13 +24,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 
-import aiohttp
-
 from .asgi import Message, Receive, Scope, Send
 from .config import Settings, Upstream
 from .context import NO_ROUTE_MESSAGE, RequestContext, get_or_create_context
 from .drain import Drain
 from .errors import send_error, upstream_failure
+from .h1client import ConnectFailed, Headers, Response, UpstreamError
 from .headers import client_response_headers, upstream_request_headers
 from .pool import CredentialPool
 from .pump import Heartbeat, StreamTimeout, pump
@@ -40,6 +39,9 @@ from .usage import UsageTap
 from .vertex import TokenError
 
 logger = logging.getLogger("sluice.passthrough")
+
+# Seconds before a request starts watching for its client's disconnect.
+WATCH_DELAY = 0.01
 
 
 class Passthrough:
@@ -98,6 +100,10 @@ class _Refused(Exception):
         self.reason = reason
 
 
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     for name, value in headers:
         if name == b"content-length":
@@ -116,6 +122,7 @@ class _Exchange:
         "client_gone",
         "ctx",
         "finished",
+        "late",
         "owner",
         "receive",
         "route",
@@ -124,6 +131,7 @@ class _Exchange:
         "started",
         "task",
         "upstream",
+        "watch_timer",
         "watcher",
     )
 
@@ -145,9 +153,11 @@ class _Exchange:
         self.route = route
         self.upstream = upstream
         self.task = asyncio.current_task()
+        self.watch_timer: asyncio.TimerHandle | None = None
         self.watcher: asyncio.Future[None] | None = None
         self.client_gone = False  # the client left: we cancelled ourselves
         self.aborted = False  # the drain window closed: we cancelled ourselves
+        self.late = False  # no response headers in time: we cancelled ourselves
         self.started = False  # the response status went out
         self.finished = False  # the final body message is being sent
 
@@ -165,6 +175,8 @@ class _Exchange:
         finally:
             if self.client_gone:
                 self.ctx.outcome, self.ctx.detail = "client_disconnected", None
+            if self.watch_timer is not None:
+                self.watch_timer.cancel()
             if self.watcher is not None:
                 self.watcher.cancel()
 
@@ -190,29 +202,35 @@ class _Exchange:
         if self.client_gone:
             return
         headers = upstream_request_headers(self.scope["headers"])
+        # Time to headers counts from here, so it includes the upload and any
+        # failover attempts. (A timer that cancels this task: asyncio.timeout
+        # does the same with more machinery, on every request.)
+        timer = asyncio.get_running_loop().call_later(self.owner.settings.headers_timeout, self._headers_late)
         try:
-            # Time to headers counts from the start, so it includes the upload
-            # and any failover attempts.
-            async with asyncio.timeout(self.owner.settings.headers_timeout):
-                response = await self._attempts(headers, data, replayable)
+            response = await self._attempts(headers, data, replayable)
         except _Refused as refused:
             await self._refused_credential(refused.reason)
             return
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (UpstreamError, OSError) as exc:
             if not self.client_gone:
                 await self._failed_before_response(exc)
             return
+        except asyncio.CancelledError:
+            if not self.late or self.client_gone or self.aborted or self.task is None:
+                raise
+            self.task.uncancel()
+            await self._failed_before_response(TimeoutError())
+            return
+        finally:
+            timer.cancel()
         if response is None:
             return
         try:
             await self._relay(response)
         finally:
-            # Closing (not releasing) an unfinished response drops its
-            # connection, which is what tells the upstream to stop generating.
-            if not response.content.is_eof():
-                response.close()
-            else:
-                response.release()
+            # Closing an unfinished response drops its connection, which is
+            # what tells the upstream to stop generating.
+            response.close()
 
     async def _request_body(self, first: Message) -> tuple[bytes | AsyncIterator[bytes] | None, bool]:
         """The body to send, and whether it can be sent again on another credential."""
@@ -228,6 +246,7 @@ class _Exchange:
         retries_possible = len(pool.credentials) > 1 or self.owner.settings.connect_retries > 0
         if declared is None or declared > self.owner.settings.retry_body_limit or not retries_possible:
             return self._stream_body(body), False  # streamed through; not retried (README)
+        # (A streamed body goes with the client's Content-Length, or chunked without one.)
         # Small enough to keep for a retry: read it whole first.
         parts = [body]
         while True:
@@ -243,8 +262,8 @@ class _Exchange:
         return b"".join(parts), True
 
     async def _attempts(
-        self, headers: list[tuple[str, str]], data: bytes | AsyncIterator[bytes] | None, replayable: bool
-    ) -> aiohttp.ClientResponse | None:
+        self, headers: Headers, data: bytes | AsyncIterator[bytes] | None, replayable: bool
+    ) -> Response | None:
         """Try the pool's credentials in order until one gets a response worth relaying.
 
         Before any byte reaches the client only: a refused credential (401/403,
@@ -258,10 +277,12 @@ class _Exchange:
             message = f"No configured {self.route.provider} credential can serve this path."
             await send_error(self.send, self.route.provider, 400, message)
             return None
-        session, settings = self.owner.client.session, self.owner.settings
+        client, settings = self.owner.client.pool, self.owner.settings
+        method: str = self.scope["method"]
+        length = None if isinstance(data, bytes) or data is None else _content_length(self.scope["headers"])
         index, connect_failures = 0, 0
         while True:
-            cred, url = candidates[index]
+            cred, destination = candidates[index]
             last = index == len(candidates) - 1
             try:
                 auth = await cred.auth_header()
@@ -272,10 +293,10 @@ class _Exchange:
                 index += 1
                 continue
             try:
-                response = await session.request(
-                    self.scope["method"], url, headers=[*headers, auth], data=data, allow_redirects=False
+                response = await client.request(
+                    destination.origin, method, destination.target, [*headers, auth], data, length
                 )
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+            except ConnectFailed:
                 # The request never reached the upstream: safe to send again.
                 connect_failures += 1
                 if not replayable or connect_failures > settings.connect_retries:
@@ -283,7 +304,7 @@ class _Exchange:
                 await asyncio.sleep(min(0.1 * 2 ** (connect_failures - 1), 2.0))
                 index = (index + 1) % len(candidates)
                 continue
-            if pool.judge(cred, response.status, response.headers.get("retry-after")):
+            if pool.judge(cred, response.status, _text(response.header(b"retry-after"))):
                 if replayable and not last:
                     response.close()
                     index += 1
@@ -308,13 +329,13 @@ class _Exchange:
         extra = [(b"retry-after", b"1")] if status == 503 else []
         await send_error(self.send, self.route.provider, status, message, extra)
 
-    async def _relay(self, response: aiohttp.ClientResponse) -> None:
-        headers, is_sse = client_response_headers(response.raw_headers)
+    async def _relay(self, response: Response) -> None:
+        headers, is_sse = client_response_headers(response.headers)
         headers = self._note_request_id(headers)
         tap = UsageTap(
             self.route.provider,
-            response.headers.get("content-type", "").encode("latin-1"),
-            response.headers.get("content-encoding", "").encode("latin-1") or None,
+            response.header(b"content-type") or b"",
+            response.header(b"content-encoding") or None,
         )
         settings = self.owner.settings
         heartbeat = None
@@ -327,26 +348,29 @@ class _Exchange:
             deadline = asyncio.get_running_loop().time() + settings.stream_deadline - elapsed
         self.started = True
         await self.send({"type": "http.response.start", "status": response.status, "headers": headers})
+        tail = b""
         try:
-            await pump(
-                response.content,
+            tail = await pump(
+                response,
                 self.send,
                 tap,
                 idle=settings.read_timeout,
                 deadline=deadline,
                 heartbeat=heartbeat,
             )
-        except (StreamTimeout, aiohttp.ClientError, OSError) as exc:
-            if not self.client_gone:
+            # The body's last piece goes with the final message: one send less
+            # (a whole small JSON answer is one send).
+            self.finished = True
+            await self.send({"type": "http.response.body", "body": tail, "more_body": False})
+        except (StreamTimeout, UpstreamError, OSError) as exc:
+            if not (self.client_gone or self.finished):
                 self._cut(exc)
-            return
         finally:
             # Even a cut or abandoned stream has used tokens: record what was reported.
+            tap.feed(tail)
             self.ctx.usage = tap.finish()
             if tap.model and not self.ctx.model:
                 self.ctx.model = tap.model
-        self.finished = True
-        await self.send({"type": "http.response.body", "body": b"", "more_body": False})
 
     def _cut(self, exc: BaseException) -> None:
         # Headers are out, so the only honest signal left is to cut the
@@ -397,7 +421,7 @@ class _Exchange:
         )
 
     async def _stream_body(self, first: bytes) -> AsyncIterator[bytes]:
-        """Yield the request body as uvicorn receives it; aiohttp writes each piece upstream."""
+        """Yield the request body as uvicorn receives it; the client writes each piece upstream."""
         if first:
             yield first
         while True:
@@ -414,7 +438,15 @@ class _Exchange:
         self._watch_for_disconnect()
 
     def _watch_for_disconnect(self) -> None:
-        self.watcher = asyncio.ensure_future(self._wait_for_disconnect())
+        # The watcher is a task; one that answers within WATCH_DELAY never
+        # needs it, and a disconnect is still seen when it starts (uvicorn
+        # remembers it), at most WATCH_DELAY late.
+        self.watch_timer = asyncio.get_running_loop().call_later(WATCH_DELAY, self._start_watcher)
+
+    def _start_watcher(self) -> None:
+        self.watch_timer = None
+        if self.task is not None and not self.task.done():
+            self.watcher = asyncio.ensure_future(self._wait_for_disconnect())
 
     async def _wait_for_disconnect(self) -> None:
         while True:
@@ -423,6 +455,11 @@ class _Exchange:
                 if not self.finished:
                     self._client_left()
                 return
+
+    def _headers_late(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.late = True
+            self.task.cancel()
 
     def _client_left(self) -> None:
         self.client_gone = True

@@ -20,11 +20,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 from yarl import URL
 
 from .config import Upstream
 from .credentials import CredentialSpec
+from .h1client import Origin
 from .metrics import Metrics
 from .routing import Route, strip_query_credentials
 from .vertex import VertexToken, gemini_path, vertex_path
@@ -33,6 +35,27 @@ logger = logging.getLogger("sluice.credentials")
 
 State = Literal["ok", "failed", "cooling"]
 DEFAULT_RETRY_AFTER = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """Where one request goes: an origin from configuration, and the request target."""
+
+    origin: Origin
+    target: bytes  # path and query, as written on the request line
+
+    @property
+    def url(self) -> URL:
+        origin = self.origin
+        netloc = origin.host_header.decode("ascii")
+        return URL(f"{origin.scheme}://{netloc}{self.target.decode('latin-1')}", encoded=True)
+
+
+def _split_base(base_url: str) -> tuple[Origin, bytes]:
+    """``scheme://host[:port][/prefix]`` → the origin and the path prefix (parsed once, at start)."""
+    parts = urlsplit(base_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return Origin(parts.scheme, parts.hostname or "", port), parts.path.rstrip("/").encode("latin-1")
 
 
 class Credential:
@@ -46,33 +69,38 @@ class Credential:
         self.state: State = "ok"
         self.until = 0.0  # monotonic time the current state ends
         self.reason = ""
+        base = spec.endpoint if spec.kind == "vertex" and spec.endpoint else upstream.base_url
+        self.origin, self.prefix = _split_base(base)
+        self._key_header = self._api_key_header()
 
-    def url(self, route: Route, query_string: bytes) -> URL | None:
+    def _api_key_header(self) -> tuple[bytes, bytes]:
+        key = (self.spec.api_key or "").encode("latin-1")
+        if self.upstream.provider == "gemini":
+            return b"x-goog-api-key", key  # a header, never ?key=, so it stays out of URLs and logs
+        if self.upstream.provider == "anthropic":
+            return b"x-api-key", key
+        return b"authorization", b"Bearer " + key
+
+    def destination(self, route: Route, query_string: bytes) -> Destination | None:
         """Where this credential sends the request, or ``None`` if it cannot serve it.
 
-        The base URL comes from configuration and the path was validated, so
-        ``encoded=True`` keeps the client's bytes without letting them move the origin.
+        The origin comes from configuration and the path was validated, so
+        the client's bytes are kept without being able to move the origin.
         """
         if self.spec.kind == "vertex":
             path = vertex_path(self.spec, route.upstream_path)
-            base = self.spec.endpoint or ""
         else:
             path = gemini_path(route.upstream_path) if route.provider == "gemini" else route.upstream_path
-            base = self.upstream.base_url
         if path is None:
             return None
-        query = strip_query_credentials(query_string)
-        return URL(base + path + ("?" + query.decode("latin-1") if query else ""), encoded=True)
+        query = strip_query_credentials(query_string) if query_string else b""
+        target = self.prefix + path.encode("latin-1")
+        return Destination(self.origin, target + b"?" + query if query else target)
 
-    async def auth_header(self) -> tuple[str, str]:
+    async def auth_header(self) -> tuple[bytes, bytes]:
         if self.token is not None:
-            return "Authorization", f"Bearer {await self.token.token()}"
-        key = self.spec.api_key or ""
-        if self.upstream.provider == "gemini":
-            return "x-goog-api-key", key  # a header, never ?key=, so it stays out of URLs and logs
-        if self.upstream.provider == "anthropic":
-            return "x-api-key", key
-        return "Authorization", f"Bearer {key}"
+            return b"authorization", b"Bearer " + (await self.token.token()).encode("latin-1")
+        return self._key_header
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,11 +131,11 @@ class CredentialPool:
             if cred.state != "ok" and now >= cred.until:
                 cred.state, cred.reason = "ok", ""
 
-    def candidates(self, route: Route, query_string: bytes) -> list[tuple[Credential, URL]]:
-        """Credentials to try, in order, each with the URL it would use."""
+    def candidates(self, route: Route, query_string: bytes) -> list[tuple[Credential, Destination]]:
+        """Credentials to try, in order, each with where it would send the request."""
         now = self.clock()
         self._refresh_states(now)
-        usable = [(c, url) for c in self.credentials if (url := c.url(route, query_string)) is not None]
+        usable = [(c, d) for c in self.credentials if (d := c.destination(route, query_string)) is not None]
         healthy = [pair for pair in usable if pair[0].state == "ok"]
         if healthy or not usable:
             return healthy

@@ -19,9 +19,7 @@ line ending (Gemini's streams use CRLF).
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
-
-import aiohttp
+from typing import Literal, Protocol
 
 from .asgi import Send
 from .config import HeartbeatStyle
@@ -34,6 +32,17 @@ _HEARTBEATS: dict[HeartbeatStyle, tuple[bytes, bytes]] = {
     "comment": (b": keepalive\n\n", b": keepalive\r\n\r\n"),
     "blank": (b"\n", b"\r\n"),
 }
+
+
+class Body(Protocol):
+    async def read(self, deadline: float | None = None) -> bytes:
+        """What arrived since the last read (``b""``: the end); TimeoutError past ``deadline``."""
+        ...
+
+    @property
+    def complete(self) -> bool:
+        """Whether the body has ended and every byte of it was read."""
+        ...
 
 
 class StreamTimeout(Exception):
@@ -66,19 +75,22 @@ class Heartbeat:
 
 
 async def pump(
-    content: aiohttp.StreamReader,
+    body: Body,
     send: Send,
     tap: UsageTap,
     *,
     idle: float,
     deadline: float | None,
     heartbeat: Heartbeat | None,
-) -> None:
-    """Send every upstream chunk on as it arrives; return at the upstream's end of body.
+) -> bytes:
+    """Send every upstream chunk on as it arrives, until the upstream's end of body.
+
+    Returns the body's last piece unsent (``b""`` when the end came on its
+    own), for the caller to send as the final message of the response.
 
     Raises :class:`StreamTimeout` when the upstream stays silent past ``idle``
-    seconds or the stream runs past ``deadline`` (a ``loop.time()``), and
-    aiohttp's errors when the upstream breaks the body off.
+    seconds or the stream runs past ``deadline`` (a ``loop.time()``), and the
+    body's own error when the upstream breaks it off.
     """
     loop = asyncio.get_running_loop()
     last_read = last_write = loop.time()
@@ -90,11 +102,8 @@ async def pump(
         if line is not None and heartbeat is not None and last_write + heartbeat.interval < wake:
             wake = last_write + heartbeat.interval
         try:
-            async with asyncio.timeout_at(wake) as timer:
-                chunk = await content.readany()
+            chunk = await body.read(wake)
         except TimeoutError:
-            if not timer.expired():
-                raise
             now = loop.time()
             if deadline is not None and now >= deadline:
                 raise StreamTimeout("deadline") from None
@@ -104,8 +113,8 @@ async def pump(
                 await send({"type": "http.response.body", "body": line, "more_body": True})
                 last_write = loop.time()
             continue
-        if not chunk:
-            return
+        if body.complete:
+            return chunk
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
         tap.feed(chunk)  # after the send: observing never delays a byte
         if heartbeat is not None:

@@ -1,6 +1,12 @@
-"""The one aiohttp ``ClientSession`` each process uses to reach the providers.
+"""How each process reaches the providers.
 
-Why aiohttp and these options: see DESIGN.md ("aiohttp is the upstream
+* The passthrough (every SDK request) goes through :mod:`proxy.h1client`'s
+  keep-alive pool: a purpose-built HTTP/1.1 client that costs a fraction of
+  a general one's CPU per request (see that module's docstring).
+* The chat API's generations use one aiohttp ``ClientSession``: they are few
+  and long, and use its conveniences (JSON bodies, readline).
+
+Why these aiohttp options: see DESIGN.md ("aiohttp is the upstream
 client"). In short: bytes pass untouched (``auto_decompress=False``), nothing
 is shared between users (no cookie jar), nothing is taken from the
 environment (no proxies), redirects are the client's business, and there is no
@@ -12,6 +18,7 @@ from __future__ import annotations
 import aiohttp
 
 from .config import Settings
+from .h1client import ConnectionPool
 
 # Headers aiohttp would add on its own. Leaving them out keeps the upstream
 # request what the client sent: above all, no Accept-Encoding the client did
@@ -26,6 +33,13 @@ class UpstreamClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
+        self._pool: ConnectionPool | None = None
+
+    @property
+    def pool(self) -> ConnectionPool:
+        if self._pool is None:
+            raise RuntimeError("the upstream pool is not open (lifespan has not started)")
+        return self._pool
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -39,6 +53,7 @@ class UpstreamClient:
 
     async def open(self) -> None:
         s = self.settings
+        self._pool = ConnectionPool(s.connect_timeout)
         connector = aiohttp.TCPConnector(
             # No limit here: aiohttp would queue requests for a free connection
             # without bound; the passthrough caps concurrency itself and answers
@@ -61,6 +76,9 @@ class UpstreamClient:
         )
 
     async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -3,22 +3,53 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from unittest.mock import Mock
+from collections.abc import AsyncIterator
+from typing import Any
 
-import aiohttp
 import pytest
 
 from proxy.asgi import Message
+from proxy.h1client import ConnectionPool, Origin, Response
 from proxy.pump import Heartbeat, StreamTimeout, pump
 from proxy.usage import UsageTap
 
 pytestmark = pytest.mark.timeout(10)
 
+Steps = list[tuple[float, bytes | None]]  # (delay, chunk); None ends the body
 
-def _reader() -> aiohttp.StreamReader:
-    # The protocol only matters for flow control, which these small feeds never trigger.
-    return aiohttp.StreamReader(Mock(), 2**16, loop=asyncio.get_running_loop())
+
+@contextlib.asynccontextmanager
+async def upstream(steps: Steps) -> AsyncIterator[Response]:
+    """A real loopback upstream writing one chunked event stream, a chunk per step.
+
+    Yields the response as the passthrough's client reads it. Without a final
+    ``None`` step the stream stays open (a silent upstream).
+    """
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        for delay, data in steps:
+            await asyncio.sleep(delay)
+            writer.write(b"0\r\n\r\n" if data is None else b"%x\r\n%s\r\n" % (len(data), data))
+            await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # hold the connection until the client closes it
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    pool = ConnectionPool(connect_timeout=5)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        response = await pool.request(Origin("http", "127.0.0.1", port), "GET", b"/stream", [])
+        yield response
+        response.close()
+    finally:
+        pool.close()
+        server.close()
 
 
 class Recorder:
@@ -36,38 +67,31 @@ class Recorder:
         return b"".join(body for _, body in self.sent)
 
 
+async def relay(body: Response, send: Recorder, tap: UsageTap, **kwargs: Any) -> None:
+    """The pump, then the final message with the body's last piece, as the passthrough does."""
+    tail = await pump(body, send, tap, **kwargs)
+    await send({"type": "http.response.body", "body": tail, "more_body": False})
+
+
 def _tap() -> UsageTap:
     return UsageTap("openai", b"text/event-stream", None)
 
 
-async def _feed_later(reader: aiohttp.StreamReader, steps: list[tuple[float, bytes | None]]) -> None:
-    for delay, data in steps:
-        await asyncio.sleep(delay)
-        if data is None:
-            reader.feed_eof()
-        else:
-            reader.feed_data(data)
-
-
 async def test_heartbeats_wait_for_the_end_of_the_event() -> None:
-    reader, send = _reader(), Recorder()
-    feeder = asyncio.create_task(
-        _feed_later(reader, [(0, b'data: {"a":'), (0.35, b"1}\n\n"), (0.35, b"data: 2\n\n"), (0, None)])
-    )
-    await pump(reader, send, _tap(), idle=5, deadline=None, heartbeat=Heartbeat("comment", 0.1))
-    await feeder
+    send = Recorder()
+    steps: Steps = [(0, b'data: {"a":'), (0.35, b"1}\n\n"), (0.35, b"data: 2\n\n"), (0, None)]
+    async with upstream(steps) as body:
+        await relay(body, send, _tap(), idle=5, deadline=None, heartbeat=Heartbeat("comment", 0.1))
     assert send.data.startswith(b'data: {"a":1}\n\n')  # nothing came between the halves of the event
     assert send.data.count(b": keepalive\n\n") >= 2  # but several during the later silence
     assert send.data.replace(b": keepalive\n\n", b"") == b'data: {"a":1}\n\ndata: 2\n\n'
 
 
 async def test_heartbeats_before_the_first_event_and_in_the_streams_line_ending() -> None:
-    reader, send = _reader(), Recorder()
-    feeder = asyncio.create_task(
-        _feed_later(reader, [(0.25, b"data: 1\r\n\r\n"), (0.25, b"data: 2\r\n\r\n"), (0, None)])
-    )
-    await pump(reader, send, _tap(), idle=5, deadline=None, heartbeat=Heartbeat("blank", 0.1))
-    await feeder
+    send = Recorder()
+    steps: Steps = [(0.25, b"data: 1\r\n\r\n"), (0.25, b"data: 2\r\n\r\n"), (0, None)]
+    async with upstream(steps) as body:
+        await relay(body, send, _tap(), idle=5, deadline=None, heartbeat=Heartbeat("blank", 0.1))
     first_event = send.data.index(b"data: 1")
     assert set(send.data[:first_event].split(b"\n")) == {b""}  # LF blanks before anything was seen
     after = send.data[send.data.index(b"data: 1\r\n\r\n") + 11 : send.data.index(b"data: 2")]
@@ -75,41 +99,39 @@ async def test_heartbeats_before_the_first_event_and_in_the_streams_line_ending(
 
 
 async def test_no_heartbeat_when_disabled_and_idle_timeout_aborts() -> None:
-    reader, send = _reader(), Recorder()
-    reader.feed_data(b"data: 1\n\n")
-    started = time.monotonic()
-    with pytest.raises(StreamTimeout) as info:
-        await pump(reader, send, _tap(), idle=0.3, deadline=None, heartbeat=None)
+    send = Recorder()
+    async with upstream([(0, b"data: 1\n\n")]) as body:
+        started = time.monotonic()
+        with pytest.raises(StreamTimeout) as info:
+            await relay(body, send, _tap(), idle=0.3, deadline=None, heartbeat=None)
     assert info.value.kind == "idle_timeout"
     assert 0.25 < time.monotonic() - started < 1.0
     assert send.data == b"data: 1\n\n"
 
 
 async def test_heartbeats_do_not_count_as_upstream_activity() -> None:
-    reader, send = _reader(), Recorder()
-    with pytest.raises(StreamTimeout) as info:
-        await pump(reader, send, _tap(), idle=0.5, deadline=None, heartbeat=Heartbeat("comment", 0.1))
+    send = Recorder()
+    async with upstream([]) as body:
+        with pytest.raises(StreamTimeout) as info:
+            await relay(body, send, _tap(), idle=0.5, deadline=None, heartbeat=Heartbeat("comment", 0.1))
     assert info.value.kind == "idle_timeout"
     assert len(send.sent) >= 3
 
 
 async def test_deadline_stops_a_trickling_upstream() -> None:
-    reader, send = _reader(), Recorder()
-    steps: list[tuple[float, bytes | None]] = [(0.1, b"data: x\n\n")] * 30
-    feeder = asyncio.create_task(_feed_later(reader, steps))
+    send = Recorder()
     loop = asyncio.get_running_loop()
-    with pytest.raises(StreamTimeout) as info:
-        await pump(reader, send, _tap(), idle=5, deadline=loop.time() + 0.5, heartbeat=None)
-    feeder.cancel()
+    async with upstream([(0.1, b"data: x\n\n")] * 30) as body:
+        with pytest.raises(StreamTimeout) as info:
+            await relay(body, send, _tap(), idle=5, deadline=loop.time() + 0.5, heartbeat=None)
     assert info.value.kind == "deadline"
     assert 2 <= len(send.sent) <= 6
 
 
 async def test_a_slow_client_is_backpressure_not_upstream_silence() -> None:
     """While the client takes 0.3 s per chunk, an idle timeout of 0.2 s must not fire."""
-    reader, send = _reader(), Recorder(delay=0.3)
-    for i in range(3):
-        reader.feed_data(b"data: %d\n\n" % i)
-    reader.feed_eof()
-    await pump(reader, send, _tap(), idle=0.2, deadline=None, heartbeat=Heartbeat("comment", 0.1))
+    send = Recorder(delay=0.3)
+    steps: Steps = [(0.05, b"data: %d\n\n" % i) for i in range(3)] + [(0, None)]
+    async with upstream(steps) as body:
+        await relay(body, send, _tap(), idle=0.2, deadline=None, heartbeat=Heartbeat("comment", 0.1))
     assert send.data == b"data: 0\n\ndata: 1\n\ndata: 2\n\n"

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from proxy.config import Upstream
 from proxy.credentials import CredentialSpec
+from proxy.h1client import Origin
 from proxy.pool import Credential
 from proxy.routing import (
     BadPath,
@@ -175,8 +176,11 @@ def test_no_accepted_path_changes_the_upstream_origin(parts: list[str], query: b
         return
     route = resolve(b"/openai" + raw, [], b"")
     assert route is not None
-    url = Credential(upstream, upstream.credentials[0]).url(route, query.replace(b"#", b""))
-    assert url is not None
+    destination = Credential(upstream, upstream.credentials[0]).destination(route, query.replace(b"#", b""))
+    assert destination is not None
+    assert destination.origin == Origin("http", "127.0.0.1", 9000)
+    assert destination.target.startswith(b"/base/")
+    url = destination.url
     assert (url.scheme, url.host, url.port) == ("http", "127.0.0.1", 9000)
     assert url.raw_path.startswith("/base/")
     assert "key" not in url.query

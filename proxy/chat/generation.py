@@ -204,16 +204,16 @@ class Generation:
         """
         candidates = self._pool.candidates(native.route, native.query)
         response: aiohttp.ClientResponse | None = None
-        for index, (cred, url) in enumerate(candidates):
+        for index, (cred, destination) in enumerate(candidates):
             last = index == len(candidates) - 1
             try:
                 name, value = await cred.auth_header()
             except TokenError:
                 self._pool.refused(cred, "token")
                 continue
-            headers = {**native.headers, name: value}
+            headers = {**native.headers, name.decode("latin-1"): value.decode("latin-1")}
             response = await self._session().post(
-                url, data=native.body, headers=headers, allow_redirects=False
+                destination.url, data=native.body, headers=headers, allow_redirects=False
             )
             if not self._pool.judge(cred, response.status, response.headers.get("retry-after")):
                 return response

@@ -38,6 +38,16 @@ BUILTINS: Mapping[str, Builder] = {
 }
 
 
+# A built-in layer with nothing to do in this configuration is left out of the
+# chain, rather than called on every request only to pass it on: no access log
+# to write, or no client keys (so nothing to authenticate and no key's limits).
+IDLE: Mapping[str, Callable[[Services], bool]] = {
+    "access_log": lambda s: not s.access_log.enabled,
+    "auth": lambda s: s.keys is None,
+    "rate_limit": lambda s: s.keys is None,
+}
+
+
 def import_middleware(path: str) -> Callable[..., ASGIApp]:
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
@@ -79,7 +89,8 @@ def build_chain(endpoint: ASGIApp, services: Services) -> ASGIApp:
         if name in BUILTINS:
             if options:
                 raise ConfigError("SLUICE_CONFIG", f"the built-in middleware {name!r} takes no options")
-            app = BUILTINS[name](app, services)
+            if not IDLE[name](services):
+                app = BUILTINS[name](app, services)
         else:
             try:
                 app = import_middleware(name)(app, **options)

@@ -1,0 +1,534 @@
+"""A lean HTTP/1.1 client for the hot path: one request, its response's bytes as they arrive.
+
+Why not aiohttp here: measured on our 2-core machine (bench/results, issue 7),
+a minimal uvicorn proxy spent about 270 µs of CPU per small request through
+``aiohttp.ClientSession.request`` and about 110 µs through this shape: an
+``asyncio.Protocol`` per connection and httptools' response parser (the same
+llhttp uvicorn parses requests with). The passthrough needs little of what a
+general client offers (no redirects, cookies, decompression, proxies or
+auth), so the rest is overhead it pays on every request.
+
+Guarantees:
+
+* The request goes out as given: method, target and headers byte for byte,
+  plus ``Host`` and the body's framing (``Content-Length``, or chunked when a
+  streamed body has no declared length). Nothing else is added.
+* The response body comes back as the upstream sent it, de-chunked but never
+  decoded: each :meth:`Response.read` returns what has arrived since the last.
+* Memory is bounded: reading from the upstream pauses while more than
+  ``HIGH_WATER`` bytes wait for the reader; an upload waits for the socket.
+* A response that ends before its framing says it is complete raises
+  :class:`ResponseBroken`, never a clean end. A connection is reused only
+  after a complete exchange the upstream agreed to keep alive.
+* A request that could not be sent at all raises :class:`ConnectFailed`: only
+  then is it known that the upstream never saw it (safe to try elsewhere).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import cast
+
+import httptools
+
+Headers = list[tuple[bytes, bytes]]
+
+HIGH_WATER = 64 * 1024  # buffered body bytes that pause the upstream socket
+LOW_WATER = 16 * 1024
+IDLE_TIMEOUT = 15.0  # seconds an unused keep-alive connection is kept (aiohttp's default too)
+MAX_HEADER_BYTES = 64 * 1024  # provider responses carry long rate-limit and trace headers
+
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+
+
+class UpstreamError(Exception):
+    """The upstream exchange failed."""
+
+
+class ConnectFailed(UpstreamError):
+    """No connection could be made: the upstream never saw the request."""
+
+    def __init__(self, cause: OSError | None, timed_out: bool = False) -> None:
+        super().__init__("connect timed out" if timed_out else f"connect failed: {cause.__class__.__name__}")
+        self.cause = cause
+        self.timed_out = timed_out
+
+
+class ResponseBroken(UpstreamError):
+    """The connection failed, or the upstream broke HTTP, after the request went out."""
+
+    def __init__(self, reason: str, before_response: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.before_response = before_response  # not a byte of the response had arrived
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    scheme: str
+    host: str
+    port: int
+    host_header: bytes = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        value = (host if self.port == default else f"{host}:{self.port}").encode("idna")
+        object.__setattr__(self, "host_header", value)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class Response:
+    """Status, headers (names lower-cased) and a body read piece by piece."""
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_conn",
+        "_eof",
+        "_error",
+        "_waiter",
+        "headers",
+        "status",
+    )
+
+    def __init__(self, conn: _Connection, status: int, headers: Headers) -> None:
+        self._conn: _Connection | None = conn
+        self.status = status
+        self.headers = headers
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._eof = False
+        self._error: ResponseBroken | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+    @property
+    def complete(self) -> bool:
+        return self._eof and not self._chunks
+
+    async def read(self, deadline: float | None = None) -> bytes:
+        """What has arrived since the last read; ``b""`` at the end of the body.
+
+        Raises :class:`TimeoutError` if nothing arrives before ``deadline`` (a
+        ``loop.time()``), and :class:`ResponseBroken` if the body was cut short.
+        """
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_at(deadline, _expire, waiter) if deadline is not None else None
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+        chunks = self._chunks
+        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        conn = self._conn
+        if conn is not None and conn.reading_paused:
+            conn.resume_reading()
+        return data
+
+    def close(self) -> None:
+        """Done with this response. If its body is unfinished, the connection is
+        dropped, which is what tells the upstream to stop generating."""
+        conn, self._conn = self._conn, None
+        if conn is not None and not self._eof:
+            conn.abort()
+
+    # Called by the connection.
+
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self._wake()
+        conn = self._conn
+        if self._buffered > HIGH_WATER and conn is not None and not conn.reading_paused:
+            conn.pause_reading()
+
+    def _end(self) -> None:
+        self._eof = True
+        self._conn = None
+        self._wake()
+
+    def _fail(self, error: ResponseBroken) -> None:
+        if not self._eof:
+            self._error = error
+            self._conn = None
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; carries one exchange at a time."""
+
+    def __init__(self, pool: ConnectionPool, origin: Origin) -> None:
+        self.pool = pool
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.closed = False
+        self.reading_paused = False
+        self.idle_since = 0.0
+        self.uses = 0
+        # The exchange in progress.
+        self.head_request = False
+        self.request_sent = False
+        self.got_bytes = False
+        self.header_bytes = 0
+        self.status = 0
+        self.headers: Headers = []
+        self.until_close = False  # the body ends when the upstream closes
+        self.headers_waiter: asyncio.Future[Response] | None = None
+        self.response: Response | None = None
+        self._drain: asyncio.Future[None] | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they implement it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.headers_waiter is None and self.response is None:
+            # Bytes nobody asked for: the connection's framing is lost.
+            self.abort()
+            return
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._broken(f"malformed response ({exc.__class__.__name__})")
+            self.abort()
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        if self.response is not None and self.until_close and exc is None:
+            self.response._end()  # a body delimited by the close ended cleanly
+            self.response = None
+        else:
+            self._broken("connection closed by the upstream" if exc is None else f"connection lost ({exc})")
+        self.resume_writing()  # an upload waiting for the socket stops at the next piece
+
+    def pause_writing(self) -> None:
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value)
+        if self.header_bytes > MAX_HEADER_BYTES:
+            raise httptools.HttpParserError("response headers too large")
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            # Interim responses (103 Early Hints, a stray 100 Continue) are not
+            # the answer; llhttp parses the real one as the next message.
+            self.headers, self.header_bytes = [], 0
+            return
+        self.status = status
+        response = Response(self, status, self.headers)
+        self.response = response
+        self.until_close = status not in (204, 304) and not self.head_request and not _framed(self.headers)
+        waiter, self.headers_waiter = self.headers_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
+        if self.head_request:
+            # llhttp cannot be told a response is to HEAD: it would wait for the
+            # body Content-Length announces. End here; the connection is not reused.
+            response._end()
+            self.response = None
+            self.abort()
+
+    def on_body(self, body: bytes) -> None:
+        if self.response is not None:
+            self.response._feed(body)
+
+    def on_message_complete(self) -> None:
+        if self.status == 0:
+            return  # an interim response ended
+        response, self.response = self.response, None
+        if response is not None:
+            response._end()
+        if self.request_sent and self.parser.should_keep_alive() and not self.closed:
+            self.pool.release(self)
+        else:
+            self.abort()
+
+    # Used by the client and the response.
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+            self.reading_paused = True
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+        self.reading_paused = False
+
+    def abort(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.pool.forget(self)
+            self.transport.abort()
+
+    def reset(self, head_request: bool) -> None:
+        self.head_request = head_request
+        self.request_sent = False
+        self.got_bytes = False
+        self.header_bytes = 0
+        self.status = 0
+        self.headers = []
+        self.until_close = False
+        self.response = None
+        self.uses += 1
+
+    async def drain(self) -> None:
+        if self._drain is not None:
+            await self._drain
+
+    def _broken(self, reason: str) -> None:
+        error = ResponseBroken(reason, before_response=not self.got_bytes)
+        waiter, self.headers_waiter = self.headers_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        response, self.response = self.response, None
+        if response is not None:
+            response._fail(error)
+
+
+def _framed(headers: Headers) -> bool:
+    """Whether the body's length is known from the headers (else it runs to the close)."""
+    for name, value in headers:
+        if name == b"content-length" or (name == b"transfer-encoding" and b"chunked" in value.lower()):
+            return True
+    return False
+
+
+def _check(head: bytes, lines: int) -> None:
+    """Refuse a request head with a line break inside a line.
+
+    The client's header values were parsed by uvicorn, which refuses line
+    breaks; this guards what Sluice adds itself (keys, paths) against
+    splitting the request. Counting is two C-level scans of the whole head.
+    """
+    if head.count(b"\n") != lines or head.count(b"\r") != lines:
+        raise ValueError("line break in an upstream request line or header")
+
+
+def _framing(method: str, body: bytes | AsyncIterator[bytes] | None, length: int | None) -> bytes | None:
+    if isinstance(body, bytes) or body is None:
+        if body or method not in _BODYLESS_METHODS:
+            return b"content-length: %d\r\n" % len(body or b"")
+        return None
+    if length is not None:
+        return b"content-length: %d\r\n" % length
+    return b"transfer-encoding: chunked\r\n"
+
+
+class ConnectionPool:
+    """Keep-alive connections per origin, most recently used first."""
+
+    def __init__(self, connect_timeout: float, idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._all: set[_Connection] = set()
+        self._ssl: ssl.SSLContext | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.opened = 0  # connections made, for tests and metrics
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            context = ssl.create_default_context()
+            context.set_alpn_protocols(["http/1.1"])
+            self._ssl = context
+        return self._ssl
+
+    def idle_count(self, origin: Origin) -> int:
+        return len(self._idle.get(origin, ()))
+
+    async def _connect(self, origin: Origin) -> _Connection:
+        loop = asyncio.get_running_loop()
+        tls = origin.scheme == "https"
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(self, origin),
+                    origin.host,
+                    origin.port,
+                    ssl=self.ssl_context if tls else None,
+                    server_hostname=origin.host if tls else None,
+                )
+        except TimeoutError:
+            raise ConnectFailed(None, timed_out=True) from None
+        except OSError as exc:
+            raise ConnectFailed(exc) from exc
+        self.opened += 1
+        self._all.add(conn)
+        return conn
+
+    async def acquire(self, origin: Origin) -> _Connection:
+        idle = self._idle.get(origin)
+        if idle:
+            stale_before = time.monotonic() - self.idle_timeout
+            while idle:
+                conn = idle.pop()
+                if not conn.closed and conn.idle_since > stale_before:
+                    return conn
+                conn.abort()
+        return await self._connect(origin)
+
+    def release(self, conn: _Connection) -> None:
+        conn.idle_since = time.monotonic()
+        self._idle.setdefault(conn.origin, []).append(conn)
+        if self._sweeper is None:
+            loop = asyncio.get_running_loop()
+            self._sweeper = loop.call_later(self.idle_timeout, self._sweep)
+
+    def forget(self, conn: _Connection) -> None:
+        self._all.discard(conn)
+        idle = self._idle.get(conn.origin)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def _sweep(self) -> None:
+        """Close connections idle for longer than ``idle_timeout`` (oldest first in each list)."""
+        self._sweeper = None
+        stale_before = time.monotonic() - self.idle_timeout
+        for idle in list(self._idle.values()):
+            while idle and idle[0].idle_since <= stale_before:
+                idle.pop(0).abort()
+        if any(self._idle.values()):
+            self._sweeper = asyncio.get_running_loop().call_later(self.idle_timeout / 2, self._sweep)
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for conn in list(self._all):
+            conn.abort()
+        self._idle.clear()
+
+    async def request(
+        self,
+        origin: Origin,
+        method: str,
+        target: bytes,
+        headers: Headers,
+        body: bytes | AsyncIterator[bytes] | None = None,
+        length: int | None = None,
+    ) -> Response:
+        """Send one request and return its response once the headers are in.
+
+        ``headers`` must not carry ``Host`` or framing headers: they are
+        written here. A streamed ``body`` is sent with ``length`` as its
+        ``Content-Length``, or chunked when the length is unknown.
+
+        A kept-alive connection the upstream closed just as it was reused
+        fails before a byte of response; then the request (if its body is
+        bytes, so it can be sent again) goes once more on a new connection.
+        """
+        head = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nhost: ", origin.host_header, b"\r\n"]
+        for name, value in headers:
+            head += (name, b": ", value, b"\r\n")
+        framing = _framing(method, body, length)
+        if framing is not None:
+            head.append(framing)
+        head.append(b"\r\n")
+        wire = b"".join(head)
+        # The request line, Host, each header, the framing line, the blank line.
+        _check(wire, len(headers) + 3 + (framing is not None))
+        while True:
+            conn = await self.acquire(origin)
+            try:
+                return await self._exchange(conn, method, wire, body, length is None)
+            except ResponseBroken as exc:
+                if not (exc.before_response and conn.uses > 1 and not isinstance(body, AsyncIterator)):
+                    raise
+                # A stale keep-alive connection: once more on a fresh one.
+                # A request that went out on a fresh connection is never sent twice.
+                continue
+
+    async def _exchange(
+        self,
+        conn: _Connection,
+        method: str,
+        wire: bytes,
+        body: bytes | AsyncIterator[bytes] | None,
+        chunked: bool,
+    ) -> Response:
+        transport = conn.transport
+        assert transport is not None
+        conn.reset(head_request=method == "HEAD")
+        waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        conn.headers_waiter = waiter
+        try:
+            if isinstance(body, bytes) or body is None:
+                transport.write(wire + body if body else wire)
+            else:
+                transport.write(wire)
+                await self._upload(conn, body, chunked)
+            conn.request_sent = not conn.closed
+            return await waiter
+        except BaseException:
+            # Cancelled (the client left, a timeout) or failed: the upstream
+            # must see the connection go, so it stops working on the request.
+            conn.headers_waiter = None
+            if not waiter.done():
+                waiter.cancel()
+            conn.abort()
+            raise
+
+    async def _upload(self, conn: _Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
+        transport = conn.transport
+        assert transport is not None
+        async for piece in body:
+            if conn.closed:
+                break  # the upstream answered (or failed) early: the response says which
+            if chunked:
+                transport.writelines([b"%x\r\n" % len(piece), piece, b"\r\n"])
+            else:
+                transport.write(piece)
+            await conn.drain()
+        if chunked and not conn.closed:
+            transport.write(b"0\r\n\r\n")
