@@ -288,6 +288,10 @@ class _Connection(asyncio.Protocol):
         if response is not None:
             response._end()
         if self.request_sent and self.parser.should_keep_alive() and not self.closed:
+            # Reading may be paused for a reader that has yet to catch up; this
+            # response is all in, so the connection reads again for the next one.
+            if self.reading_paused:
+                self.resume_reading()
             self.pool.release(self)
         else:
             self.abort()
@@ -478,8 +482,16 @@ class ConnectionPool:
         wire = b"".join(head)
         # The request line, Host, each header, the framing line, the blank line.
         _check(wire, len(headers) + 3 + (framing is not None))
+        stale: ResponseBroken | None = None
         while True:
-            conn = await self.acquire(origin)
+            try:
+                conn = await self.acquire(origin)
+            except ConnectFailed:
+                if stale is not None:
+                    # The stale connection may have delivered the request:
+                    # never report it as one the upstream did not see.
+                    raise stale from None
+                raise
             try:
                 return await self._exchange(conn, method, wire, body, length is None)
             except ResponseBroken as exc:
@@ -487,7 +499,7 @@ class ConnectionPool:
                     raise
                 # A stale keep-alive connection: once more on a fresh one.
                 # A request that went out on a fresh connection is never sent twice.
-                continue
+                stale = exc
 
     async def _exchange(
         self,

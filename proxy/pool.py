@@ -135,6 +135,10 @@ class CredentialPool:
         """Credentials to try, in order, each with where it would send the request."""
         now = self.clock()
         self._refresh_states(now)
+        if len(self.credentials) == 1:  # the common case, without the lists below
+            only = self.credentials[0]
+            destination = only.destination(route, query_string)
+            return [] if destination is None else [(only, destination)]
         usable = [(c, d) for c in self.credentials if (d := c.destination(route, query_string)) is not None]
         healthy = [pair for pair in usable if pair[0].state == "ok"]
         if healthy or not usable:

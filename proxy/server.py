@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import gc
 import math
 import resource
 import socket
@@ -14,7 +15,7 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors import Multiprocess
 
-from .app import create_app
+from .app import SluiceApp, create_app
 from .config import Settings
 from .protocol import StrictHttpToolsProtocol
 
@@ -45,11 +46,24 @@ def raise_open_files_limit(wanted: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
+def worker_app(settings: Settings) -> SluiceApp:
+    """The app, in the process that serves it.
+
+    Everything alive by now (modules, settings, the app) lives as long as the
+    process, so it is kept out of the collector's generations: a full
+    collection then scans only what requests allocated, not the whole heap.
+    """
+    app = create_app(settings)
+    gc.collect()
+    gc.freeze()
+    return app
+
+
 def uvicorn_config(settings: Settings) -> uvicorn.Config:
     # A partial of a module-level function pickles, so the settings object
     # reaches spawned worker processes as it is, without re-reading anything.
     return uvicorn.Config(
-        app=functools.partial(create_app, settings),
+        app=functools.partial(worker_app, settings),
         factory=True,
         http=StrictHttpToolsProtocol,
         loop="uvloop",

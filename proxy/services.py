@@ -58,6 +58,7 @@ class Services:
     async def start(self) -> None:
         await self.upstream.open()
         self.drain.install()
+
         if self.keys is None:
             if self.settings.auth == "off":
                 logger.warning(

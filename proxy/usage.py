@@ -131,7 +131,8 @@ class UsageTap:
     def _finish(self) -> None:
         if self._body:
             body, self._body = self._body, None
-            self._read_document(json.loads(body))
+            # Decoded here, not by json.loads: it would first sniff the encoding.
+            self._read_document(json.loads(body.decode("utf-8")))
         if self._pending is not None:
             obj, self._pending = _loads(self._pending), None
             self._read_model(obj)
