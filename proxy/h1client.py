@@ -201,6 +201,7 @@ class _Connection(asyncio.Protocol):
         self.request_sent = False
         self.got_bytes = False
         self.header_bytes = 0
+        self.head_bytes = 0  # raw bytes received while no final head is complete
         self.status = 0
         self.headers: Headers = []
         self.until_close = False  # the body ends when the upstream closes
@@ -225,6 +226,14 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._broken(f"malformed response ({exc.__class__.__name__})")
             self.abort()
+            return
+        if self.headers_waiter is not None:
+            # Still in the head: llhttp hands a header over only once its line
+            # ends, so an endless line would otherwise be buffered without limit.
+            self.head_bytes += len(data)
+            if self.head_bytes > 2 * MAX_HEADER_BYTES:
+                self._broken("response headers too large")
+                self.abort()
 
     def eof_received(self) -> bool:
         return False  # close our side too
@@ -249,6 +258,11 @@ class _Connection(asyncio.Protocol):
             drain.set_result(None)
 
     # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self.headers_waiter is None:
+            # A response to no request (more bytes after the answer): the framing is lost.
+            raise httptools.HttpParserError("a response nobody asked for")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_bytes += len(name) + len(value)
@@ -319,6 +333,7 @@ class _Connection(asyncio.Protocol):
         self.request_sent = False
         self.got_bytes = False
         self.header_bytes = 0
+        self.head_bytes = 0
         self.status = 0
         self.headers = []
         self.until_close = False
@@ -537,6 +552,8 @@ class ConnectionPool:
         async for piece in body:
             if conn.closed:
                 break  # the upstream answered (or failed) early: the response says which
+            if not piece:
+                continue  # an empty chunk would be the last-chunk marker
             if chunked:
                 transport.writelines([b"%x\r\n" % len(piece), piece, b"\r\n"])
             else:
