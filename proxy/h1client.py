@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -39,8 +40,8 @@ import httptools
 Headers = list[tuple[bytes, bytes]]
 
 HIGH_WATER = 64 * 1024  # buffered body bytes that pause the upstream socket
-LOW_WATER = 16 * 1024
 IDLE_TIMEOUT = 15.0  # seconds an unused keep-alive connection is kept (aiohttp's default too)
+DNS_TTL = 300.0  # seconds an origin's addresses are reused (aiohttp's default too)
 MAX_HEADER_BYTES = 64 * 1024  # provider responses carry long rate-limit and trace headers
 
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
@@ -383,12 +384,28 @@ def _framing(method: str, body: bytes | AsyncIterator[bytes] | None, length: int
     return b"transfer-encoding: chunked\r\n"
 
 
+Address = tuple[str, int]
+Resolver = Callable[[str, int], Awaitable[list[Address]]]
+
+
+async def _getaddrinfo(host: str, port: int) -> list[Address]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [(str(info[4][0]), int(info[4][1])) for info in infos]
+
+
 class ConnectionPool:
     """Keep-alive connections per origin, most recently used first."""
 
-    def __init__(self, connect_timeout: float, idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(
+        self,
+        connect_timeout: float,
+        idle_timeout: float = IDLE_TIMEOUT,
+        resolve: Resolver | None = None,
+    ) -> None:
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
+        self._resolve = resolve or _getaddrinfo
+        self._dns: dict[Origin, tuple[float, list[Address]]] = {}
         self._idle: dict[Origin, list[_Connection]] = {}
         self._all: set[_Connection] = set()
         self._ssl: ssl.SSLContext | None = None
@@ -406,18 +423,52 @@ class ConnectionPool:
     def idle_count(self, origin: Origin) -> int:
         return len(self._idle.get(origin, ()))
 
+    async def _addresses(self, origin: Origin) -> list[Address]:
+        now = time.monotonic()
+        cached = self._dns.get(origin)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        addresses = list(dict.fromkeys(await self._resolve(origin.host, origin.port)))
+        if not addresses:
+            raise OSError(f"no address for {origin.host}")
+        self._dns[origin] = (now + DNS_TTL, addresses)
+        return addresses
+
     async def _connect(self, origin: Origin) -> _Connection:
+        """A new connection, to the first of the origin's addresses that answers.
+
+        uvloop has no Happy Eyeballs, so on a host whose IPv6 (say) is
+        broken, addresses are tried in turn, each with its share of the
+        connect timeout, and the one that answered is tried first from then
+        on (until the DNS answer expires): a broken family costs once.
+        """
         loop = asyncio.get_running_loop()
         tls = origin.scheme == "https"
+        failure: OSError | None = None
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(self, origin),
-                    origin.host,
-                    origin.port,
-                    ssl=self.ssl_context if tls else None,
-                    server_hostname=origin.host if tls else None,
-                )
+                addresses = await self._addresses(origin)
+                for index, (host, port) in enumerate(addresses):
+                    share = self.connect_timeout / (len(addresses) - index)
+                    try:
+                        async with asyncio.timeout(share):
+                            _, conn = await loop.create_connection(
+                                lambda: _Connection(self, origin),
+                                host,
+                                port,
+                                ssl=self.ssl_context if tls else None,
+                                server_hostname=origin.host if tls else None,
+                            )
+                    except (OSError, TimeoutError) as exc:
+                        failure = exc if isinstance(exc, OSError) else None
+                        continue
+                    if index:
+                        addresses.insert(0, addresses.pop(index))  # sticky: it answered
+                    break
+                else:
+                    if failure is None:
+                        raise TimeoutError
+                    raise failure
         except TimeoutError:
             raise ConnectFailed(None, timed_out=True) from None
         except OSError as exc:

@@ -1062,6 +1062,57 @@ async def test_a_connect_that_hangs_is_connect_failed_timed_out() -> None:
         listener.close()
 
 
+async def test_addresses_are_tried_in_turn_and_the_one_that_answered_stays_first() -> None:
+    """No Happy Eyeballs in uvloop: a dead first address (say, broken IPv6) costs once per DNS answer."""
+    resolved: list[int] = []
+    port = 0
+
+    async def resolve(host: str, _port: int) -> list[tuple[str, int]]:
+        resolved.append(1)
+        return [("127.0.0.2", port), ("127.0.0.1", port)]  # the server listens on 127.0.0.1 only
+
+    async with serve(answer_each, pool=ConnectionPool(connect_timeout=5, resolve=resolve)) as upstream:
+        port = upstream.origin.port
+        await get(upstream)
+        upstream.pool.close()  # drops the kept-alive connection; the DNS answer stays
+        await get(upstream)  # a new connection: the answering address is tried first now
+        assert upstream.pool.opened == 2
+        assert upstream.pool._dns[upstream.origin][1][0] == ("127.0.0.1", port)
+        assert len(resolved) == 1  # the answer is cached
+
+
+async def test_a_hanging_address_gets_only_its_share_of_the_connect_timeout() -> None:
+    listener = socket.socket()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.2", 0))
+        listener.listen(0)  # never accepted: once the queue is full, connects hang
+        hanging = listener.getsockname()
+        for _ in range(2):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(hanging)
+            fillers.append(filler)
+        await asyncio.sleep(0.1)
+        port = 0
+
+        async def resolve(host: str, _port: int) -> list[tuple[str, int]]:
+            return [hanging, ("127.0.0.1", port)]
+
+        pool = ConnectionPool(connect_timeout=1.0, resolve=resolve)
+        async with serve(answer_each, pool=pool) as upstream:
+            port = upstream.origin.port
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            _, body = await get(upstream, b"/after-a-hang")
+            assert body == b"/after-a-hang"
+            assert 0.4 < loop.time() - started < 1.0  # half the timeout on the hanging address
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
 # 13. TLS.
 
 

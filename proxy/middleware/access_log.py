@@ -14,6 +14,7 @@ the first 16 KiB of each way are added as ``request_body``/``response_body``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -24,6 +25,10 @@ from ..asgi import ASGIApp, Message, Receive, Scope, Send
 from ..context import RequestContext, get_or_create_context
 
 BODY_SAMPLE = 16 * 1024
+
+
+# json.dumps with any non-default option builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 class LogWriter:
@@ -47,7 +52,7 @@ class LogWriter:
 
     def write(self, record: dict[str, Any]) -> None:
         if self._fd is not None:
-            line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+            line = _ENCODER.encode(record) + "\n"
             os.write(self._fd, line.encode("utf-8", "replace"))
 
     def close(self) -> None:
@@ -60,10 +65,26 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
 
+# The timestamp's text up to the second, kept while the second lasts: formatting
+# a datetime for every line costs more than the rest of the record.
+_second: tuple[int, str] = (-1, "")
+
+
+def _timestamp(wall: float) -> str:
+    """``datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")``, ``Z`` for UTC."""
+    global _second
+    frac, whole = math.modf(wall)
+    second, micros = int(whole), round(frac * 1e6)  # as datetime rounds
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    if _second[0] != second:
+        _second = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second[1]}.{micros // 1000:03d}Z"
+
+
 def log_record(ctx: RequestContext, now: float) -> dict[str, Any]:
-    ts = datetime.fromtimestamp(ctx.started_wall, UTC).isoformat(timespec="milliseconds")
     return {
-        "ts": ts.replace("+00:00", "Z"),
+        "ts": _timestamp(ctx.started_wall),
         "request_id": ctx.request_id,
         "key": ctx.key_name,
         "provider": ctx.provider,

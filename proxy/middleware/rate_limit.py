@@ -13,9 +13,10 @@ it is logged (at most every 10 s) and counted in ``sluice_limiter_errors_total``
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import time
-import uuid
 
 from ..asgi import ASGIApp, Message, Receive, Scope, Send
 from ..config import FailurePolicy
@@ -28,6 +29,10 @@ from ..metrics import Metrics
 
 logger = logging.getLogger("sluice.rate_limit")
 _LOG_EVERY = 10.0
+
+# Lease ids: random per process, then a counter; as unique as a uuid4, cheaper.
+_LEASE_PREFIX = os.urandom(8).hex()
+_LEASE_COUNTER = itertools.count(1)
 
 
 class RateLimit:
@@ -46,8 +51,8 @@ class RateLimit:
         if ctx is None or not isinstance(key, ClientKey) or not key.limits.any:
             await self.app(scope, receive, send)
             return
-        # Unique across processes: the request id may come from the client.
-        lease = uuid.uuid4().hex
+        # Unique across processes (the request id may come from the client).
+        lease = f"{_LEASE_PREFIX}{next(_LEASE_COUNTER):x}"
         try:
             decision = await self.limiter.admit(key.name, key.limits, lease)
         except LimiterUnavailable as exc:
