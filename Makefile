@@ -9,7 +9,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 ARGS   ?=
 
-.PHONY: run test lint typecheck unit clean system-deps bench
+.PHONY: run test lint typecheck unit clean system-deps bench bench-instructions
 
 # Debian packages the tests run for real, as command:package pairs: a Redis
 # server, nginx, openssl (test certificates) and systemd-analyze (checks the
@@ -71,6 +71,13 @@ test: lint typecheck unit
 BENCH_ARGS ?=
 bench: $(VENV)/.bench-installed system-deps
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Instructions per request under callgrind: an A/B that machine noise cannot
+# move (bench/instructions.py). Compare trees: BENCH_ARGS="/path/to/worktree ."
+bench-instructions: $(VENV)/.bench-installed system-deps
+	@command -v valgrind >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends valgrind; }
+	$(BIN)/python -m bench.instructions $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,104 @@
+"""Instructions per request, counted by callgrind: an A/B that machine noise cannot move.
+
+    .venv/bin/python -m bench.instructions [--chain] [--requests N] [TREE ...]
+
+Wall-clock and CPU-time figures on a shared 2-core VM swing by 30 % between
+runs, which hides any change smaller than that. Counting the instructions
+Sluice executes per small JSON request (under valgrind's callgrind, after a
+warm-up, on one keep-alive connection) repeats to within 0.1 %, so a change of
+a few percent shows. Each TREE is a Sluice checkout (default: this one), e.g.
+a ``git worktree`` of the commit to compare against. ``make bench-instructions``.
+
+What it counts is work, not time: a cache-friendly change can be faster than
+its instruction count says, and a system call counts as one instruction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from . import paths
+from .scenarios import REQUEST_BODY
+
+
+def _requests(port: int, key: str, count: int) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    for _ in range(count):
+        conn.request("POST", "/v1/chat/completions?mode=json", REQUEST_BODY, headers)
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"Sluice answered {response.status}")
+    conn.close()
+
+
+def _callgrind_control(option: str, pid: int) -> None:
+    tool = shutil.which("callgrind_control") or "callgrind_control"
+    subprocess.run([tool, option, str(pid)], check=True, capture_output=True)  # noqa: S603 - our own argv
+
+
+def _total(dump: Path) -> int:
+    for line in dump.read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {dump}")
+
+
+def count(tree: Path, upstream_port: int, workdir: Path, chain: bool, requests: int) -> float:
+    """Instructions Sluice (from ``tree``) executes per request, averaged over ``requests``."""
+    keys = workdir / "keys.toml" if chain else None
+    key = paths.create_bench_key(keys) if keys is not None else "no-key-needed"
+    env = paths.sluice_env(upstream_port, str(workdir / "access.log") if chain else "off", keys)
+    env["PYTHONPATH"] = str(tree)  # `-m proxy` then runs that tree's code
+    env["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every run
+    env_file = workdir / "empty.env"
+    env_file.write_text("")
+    out = workdir / "callgrind.out"
+    port = paths.free_port()
+    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable]
+    argv += ["-m", "proxy", "serve", "--host", "127.0.0.1", "--port", str(port), "--env-file", str(env_file)]
+    with (workdir / "valgrind.log").open("wb") as log:
+        proc = subprocess.Popen(argv, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+    try:
+        paths._wait_http(port, "/healthz", timeout=300)  # start-up under valgrind is slow
+        _requests(port, key, 100)  # warm: imports, caches, the upstream connection
+        _callgrind_control("-z", proc.pid)  # zero the counters
+        _requests(port, key, requests)
+        _callgrind_control("-d", proc.pid)  # dump them
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    dumps = sorted(workdir.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
+    return _total(dumps[-1]) / requests
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("trees", nargs="*", type=Path, default=[Path(__file__).resolve().parents[1]])
+    parser.add_argument("--chain", action="store_true", help="keys, rate limits and the access log on")
+    parser.add_argument("--requests", type=int, default=400)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="sluice-icount-") as tmp:
+        upstream = paths.start_upstream(Path(tmp))
+        try:
+            for i, tree in enumerate(args.trees):
+                workdir = Path(tmp) / f"tree{i}"
+                workdir.mkdir()
+                per_request = count(tree.resolve(), upstream.port, workdir, args.chain, args.requests)
+                print(f"{per_request / 1000:9.1f} k instructions/request  {tree}", flush=True)
+        finally:
+            upstream.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
