@@ -245,8 +245,9 @@ class _Exchange:
         pool = self.owner.pools[self.route.provider]
         retries_possible = len(pool.credentials) > 1 or self.owner.settings.connect_retries > 0
         if declared is None or declared > self.owner.settings.retry_body_limit or not retries_possible:
-            return self._stream_body(body), False  # streamed through; not retried (README)
-        # (A streamed body goes with the client's Content-Length, or chunked without one.)
+            # Streamed through with the client's Content-Length (or chunked
+            # without one), and so never sent twice (README).
+            return self._stream_body(body), False
         # Small enough to keep for a retry: read it whole first.
         parts = [body]
         while True:
