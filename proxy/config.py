@@ -94,12 +94,6 @@ class Upstream:
         """The first API key, if any (the simple, single-key case)."""
         return next((c.api_key for c in self.credentials if c.kind == "api_key"), None)
 
-    @property
-    def origin(self) -> tuple[str, str, int]:
-        parts = urlsplit(self.base_url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        return parts.scheme, parts.hostname or "", port
-
 
 @dataclass(frozen=True, slots=True)
 class Settings:

@@ -37,7 +37,7 @@ from typing import cast
 
 import httptools
 
-Headers = list[tuple[bytes, bytes]]
+from .headers import Headers, header_value
 
 HIGH_WATER = 64 * 1024  # buffered body bytes that pause the upstream socket
 IDLE_TIMEOUT = 15.0  # seconds an unused keep-alive connection is kept (aiohttp's default too)
@@ -113,10 +113,7 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
 
     def header(self, name: bytes) -> bytes | None:
-        for n, v in self.headers:
-            if n == name:
-                return v
-        return None
+        return header_value(self.headers, name)
 
     @property
     def complete(self) -> bool:
@@ -188,6 +185,17 @@ class Response:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; carries one exchange at a time."""
 
+    # The exchange in progress (see reset).
+    head_request: bool
+    request_sent: bool
+    got_bytes: bool
+    header_bytes: int
+    head_bytes: int
+    status: int
+    headers: Headers
+    until_close: bool
+    response: Response | None
+
     def __init__(self, pool: ConnectionPool, origin: Origin) -> None:
         self.pool = pool
         self.origin = origin
@@ -196,19 +204,10 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.reading_paused = False
         self.idle_since = 0.0
-        self.uses = 0
-        # The exchange in progress.
-        self.head_request = False
-        self.request_sent = False
-        self.got_bytes = False
-        self.header_bytes = 0
-        self.head_bytes = 0  # raw bytes received while no final head is complete
-        self.status = 0
-        self.headers: Headers = []
-        self.until_close = False  # the body ends when the upstream closes
+        self.uses = 0  # exchanges started on this connection
         self.headers_waiter: asyncio.Future[Response] | None = None
-        self.response: Response | None = None
         self._drain: asyncio.Future[None] | None = None
+        self.reset(head_request=False)
 
     # asyncio.Protocol
 
@@ -330,16 +329,16 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
     def reset(self, head_request: bool) -> None:
+        """The state of one exchange, fresh for the next."""
         self.head_request = head_request
         self.request_sent = False
         self.got_bytes = False
         self.header_bytes = 0
-        self.head_bytes = 0
+        self.head_bytes = 0  # raw bytes received while no final head is complete
         self.status = 0
         self.headers = []
-        self.until_close = False
+        self.until_close = False  # the body ends when the upstream closes
         self.response = None
-        self.uses += 1
 
     async def drain(self) -> None:
         if self._drain is not None:
@@ -578,6 +577,7 @@ class ConnectionPool:
         transport = conn.transport
         assert transport is not None
         conn.reset(head_request=method == "HEAD")
+        conn.uses += 1
         waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         conn.headers_waiter = waiter
         try:

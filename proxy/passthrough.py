@@ -29,8 +29,8 @@ from .config import Settings, Upstream
 from .context import NO_ROUTE_MESSAGE, RequestContext, get_or_create_context
 from .drain import Drain
 from .errors import send_error, upstream_failure
-from .h1client import ConnectFailed, Headers, Response, UpstreamError
-from .headers import client_response_headers, upstream_request_headers
+from .h1client import ConnectFailed, Response, UpstreamError
+from .headers import Headers, client_response_headers, upstream_request_headers
 from .pool import CredentialPool
 from .pump import Heartbeat, StreamTimeout, pump
 from .routing import Route
