@@ -17,7 +17,7 @@ import random
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1020,12 +1020,13 @@ async def test_a_refused_connection_is_connect_failed() -> None:
     assert pool.opened == 0
 
 
-async def test_a_connect_that_hangs_is_connect_failed_timed_out() -> None:
-    """A listener whose accept queue is full: Linux drops further SYNs, so the connect hangs."""
+@contextlib.contextmanager
+def hanging_listener(host: str) -> Iterator[tuple[str, int]]:
+    """A listener whose accept queue is full: Linux drops further SYNs, so connects to it hang."""
     listener = socket.socket()
     fillers: list[socket.socket] = []
     try:
-        listener.bind(("127.0.0.1", 0))
+        listener.bind((host, 0))
         listener.listen(0)  # never accepted
         address = listener.getsockname()
         for _ in range(2):
@@ -1033,7 +1034,16 @@ async def test_a_connect_that_hangs_is_connect_failed_timed_out() -> None:
             filler.setblocking(False)
             filler.connect_ex(address)
             fillers.append(filler)
-        await asyncio.sleep(0.1)  # the first filler is in the accept queue; the queue is full
+        time.sleep(0.1)  # the first filler is in the accept queue; the queue is full
+        yield address
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+async def test_a_connect_that_hangs_is_connect_failed_timed_out() -> None:
+    with hanging_listener("127.0.0.1") as address:
         pool = ConnectionPool(connect_timeout=0.3)
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -1045,10 +1055,6 @@ async def test_a_connect_that_hangs_is_connect_failed_timed_out() -> None:
         assert info.value.timed_out
         assert info.value.cause is None
         assert 0.25 < loop.time() - started < 3.0
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
 
 
 async def test_addresses_are_tried_in_turn_and_the_one_that_answered_stays_first() -> None:
@@ -1071,18 +1077,7 @@ async def test_addresses_are_tried_in_turn_and_the_one_that_answered_stays_first
 
 
 async def test_a_hanging_address_gets_only_its_share_of_the_connect_timeout() -> None:
-    listener = socket.socket()
-    fillers: list[socket.socket] = []
-    try:
-        listener.bind(("127.0.0.2", 0))
-        listener.listen(0)  # never accepted: once the queue is full, connects hang
-        hanging = listener.getsockname()
-        for _ in range(2):
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(hanging)
-            fillers.append(filler)
-        await asyncio.sleep(0.1)
+    with hanging_listener("127.0.0.2") as hanging:
         port = 0
 
         async def resolve(host: str, _port: int) -> list[tuple[str, int]]:
@@ -1096,10 +1091,6 @@ async def test_a_hanging_address_gets_only_its_share_of_the_connect_timeout() ->
             _, body = await get(upstream, b"/after-a-hang")
             assert body == b"/after-a-hang"
             assert 0.4 < loop.time() - started < 1.0  # half the timeout on the hanging address
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
 
 
 # 13. TLS.
