@@ -17,7 +17,7 @@ from uvicorn.supervisors import Multiprocess
 
 from .app import SluiceApp, create_app
 from .config import Settings
-from .protocol import StrictHttpToolsProtocol
+from .h1server import H1Protocol
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -65,7 +65,7 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         app=functools.partial(worker_app, settings),
         factory=True,
-        http=StrictHttpToolsProtocol,
+        http=H1Protocol,
         loop="uvloop",
         lifespan="on",
         workers=settings.workers,

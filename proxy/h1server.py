@@ -1,0 +1,629 @@
+"""A lean HTTP/1.1 server protocol, plugged into uvicorn in place of its own.
+
+Why: counted with callgrind (``make bench-instructions``, issue 7), uvicorn's
+httptools protocol spent about 131 k instructions per small request serving a
+static ASGI app, where the same parser, one task per request and the same
+ASGI messages take about 61 k. On Sluice's hot path that difference was the
+largest single cost left. uvicorn still owns everything around the
+connection: sockets, workers, signals, lifespan, graceful shutdown and the
+``date`` header; this module is what ``uvicorn.Config(http=...)`` accepts.
+
+What it does the same as uvicorn's protocol: httptools (llhttp) parsing,
+one asyncio task per request, keep-alive and pipelining (answered in order),
+``Expect: 100-continue`` answered on the first ``receive()``, chunked
+responses when the app sets no ``Content-Length``, ``http.disconnect`` once
+the client is gone or the response is complete, a 400 for a request that
+cannot be parsed, a 500 when the app fails before answering, a cut
+connection (never a terminating chunk) when it fails or returns after
+starting, ``send`` waiting while the socket's buffer is full, websocket
+upgrades handed to uvicorn's websocket protocol, ``limit_concurrency`` and
+``timeout_keep_alive``.
+
+Where it differs, on purpose:
+
+* The response head is written with the first body piece when both are sent
+  in the same event-loop step (a whole small JSON answer is then one
+  ``send()`` system call, not two); otherwise it goes out at the end of that
+  step, so a stream's headers are never held back.
+* A request head larger than ``MAX_HEAD_BYTES`` is answered 431 and the
+  connection closed; uvicorn's httptools protocol buffers it without limit.
+* An absolute-form target (``GET http://host/x``) keeps its whole text in
+  ``raw_path``, so path validation refuses it rather than seeing ``/x``.
+* A response to an HTTP/1.0 request without ``Content-Length`` is delimited
+  by closing the connection, not chunked (1.0 clients cannot read chunks).
+* A parse error in the middle of a request whose answer has started cuts the
+  connection instead of writing a 400 into that answer.
+* An app returning without completing its response is logged at DEBUG, not
+  ERROR: that is how Sluice cuts a failed stream, and it logs its own warning.
+* No uvicorn access log (Sluice writes its own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import http
+import logging
+import re
+import urllib.parse
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import service_unavailable
+from uvicorn.server import ServerState
+
+__all__ = ["MAX_HEAD_BYTES", "H1Protocol"]
+
+logger = logging.getLogger("uvicorn.error")
+
+HIGH_WATER = 64 * 1024  # buffered request body bytes that pause reading from the client
+MAX_HEAD_BYTES = 64 * 1024  # request line plus headers; nginx allows 32 KiB by default
+
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+App = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
+
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CHUNKED_HEADER = b"transfer-encoding: chunked\r\n"
+_CLOSE_HEADER = b"connection: close\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+# Control characters other than HTAB, CR and LF; CR and LF are counted instead.
+_BAD_VALUE_BYTES = re.compile(b"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_BAD_NAME = re.compile(b"[^!#$%&'*+\\-.^_`|~0-9A-Za-z]|^$")
+_GOOD_NAMES: set[bytes] = set()  # header names already checked; they repeat on every response
+_GOOD_NAMES_MAX = 4096
+_BODYLESS_STATUS = frozenset({204, 304})
+_METHODS: dict[bytes, str] = {}
+
+
+def _status_line(status: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        phrase = b""
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+
+
+_STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
+
+
+def _address(info: object) -> tuple[str, int] | None:
+    if isinstance(info, (tuple, list)) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    return None
+
+
+def _simple_response(status: int, text: str) -> bytes:
+    body = text.encode()
+    head = b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+    return _STATUS_LINES[status] + head % len(body) + body
+
+
+class H1Protocol(asyncio.Protocol):
+    """One client connection: parses requests, runs the app for each, writes its answers."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if not config.loaded:
+            config.load()
+        self.config = config
+        self.app: App = config.loaded_app
+        self.loop = _loop or asyncio.get_event_loop()
+        self.server_state = server_state
+        self.connections = server_state.connections
+        self.tasks = server_state.tasks
+        self.app_state = app_state
+        self.root_path = config.root_path
+        self.keep_alive_timeout = float(config.timeout_keep_alive)
+        self.limit_concurrency = config.limit_concurrency
+        self.fresh_context = bool(getattr(config, "reset_contextvars", False))
+        self.parser = httptools.HttpRequestParser(self)
+        # As uvicorn: bytes after a `Connection: close` request are ignored,
+        # not an error that would replace the answer with a 400.
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
+
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.client: tuple[str, int] | None = None
+        self.server: tuple[str, int] | None = None
+        self.scheme = "http"
+        self.cycle: _Cycle | None = None  # the request being answered (or last answered)
+        self.pipeline: deque[_Cycle] = deque()  # parsed requests waiting for their turn
+        self.parsing: _Cycle | None = None  # the request whose body the parser is reading
+        self.read_paused = False
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        # Keep-alive: one timer per connection, re-armed only when it fires
+        # early, instead of a new timer for every request.
+        self.idle_since = 0.0
+        self.idle_timer: asyncio.TimerHandle | None = None
+        # Per request, while its head is parsed.
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.expect_continue = False
+        self.in_head = False
+        self.head_bytes = 0
+        self.websocket = False
+
+    # ------------------------------------------------------------ connection
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.connections.add(self)  # type: ignore[arg-type]  # uvicorn's set lists its own classes
+        self.client = _address(transport.get_extra_info("peername"))
+        self.server = _address(transport.get_extra_info("sockname"))
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+        # As uvicorn: the keep-alive timer starts once the first answer is out.
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.discard(self)
+        cycle = self.cycle
+        if cycle is not None:
+            if not cycle.complete:
+                cycle.disconnected = True
+            cycle.wake()
+        self.resume_writing()  # a send waiting for the socket returns (and is ignored)
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if exc is None:
+            self.transport.close()
+
+    def eof_received(self) -> None:
+        pass  # as uvicorn: the transport closes, and connection_lost tells the app
+
+    def data_received(self, data: bytes) -> None:
+        if self.idle_since:
+            # Bytes while idle (the rest of a body answered early, or the next
+            # request on its way): the connection is in use, not idle.
+            self.idle_since = self.loop.time()
+        began = self.in_head
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._upgraded()
+            return
+        except httptools.HttpParserError as exc:
+            self._bad_request(400, f"Invalid HTTP request received: {exc}")
+            return
+        # A head still incomplete: count what it has taken so far. The piece
+        # it began in is not counted (it may hold earlier pipelined requests),
+        # so a head is cut at MAX_HEAD_BYTES plus one read.
+        if self.in_head and began:
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES:
+                self._bad_request(431, "Request header fields too large.")
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown: close when idle, else after the current answer."""
+        cycle = self.cycle
+        if cycle is None or cycle.complete:
+            self.transport.close()
+        else:
+            cycle.keep_alive = False
+
+    # ----------------------------------------------------------- flow control
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter, self.drain_waiter = self.drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def drain(self) -> None:
+        if self.drain_waiter is None:
+            self.drain_waiter = self.loop.create_future()
+        await asyncio.shield(self.drain_waiter)  # shared by every sender waiting
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------ parser callbacks
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.expect_continue = False
+        self.in_head = True
+        self.head_bytes = 0
+        self.idle_since = 0.0  # busy: the keep-alive timer leaves the connection alone
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_continue = True
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        parser = self.parser
+        if parser.should_upgrade() and self._is_websocket():
+            self.websocket = True  # handed over when the parser stops at the upgrade
+            return
+        target, _, query = self.url.partition(b"?")
+        if b"#" in target or b"#" in query:
+            target, query = target.partition(b"#")[0], query.partition(b"#")[0]
+        # An exception here reaches data_received as a parser error: a 400.
+        path = target.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        method = parser.get_method()
+        name = _METHODS.get(method)
+        if name is None:
+            name = method.decode("ascii")
+            if len(_METHODS) < 64:  # any token is a method: remember only the first few
+                _METHODS[method] = name
+        version = parser.get_http_version()
+        scope = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": version,
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,
+            "method": name,
+            "root_path": self.root_path,
+            "path": self.root_path + path if self.root_path else path,
+            "raw_path": self.root_path.encode() + target if self.root_path else target,
+            "query_string": query,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
+        keep_alive = version != "1.0" and parser.should_keep_alive()
+        cycle = _Cycle(self, scope, keep_alive, self.expect_continue)
+        if self.limit_concurrency is not None and (
+            len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
+        ):
+            logger.warning("Exceeded concurrency limit.")
+            cycle.app = cast(App, service_unavailable)
+        self.parsing = cycle
+        current = self.cycle
+        if current is None or current.complete:
+            self.cycle = cycle
+            self._start(cycle)
+        else:
+            # Pipelined: answered once the one before is complete. Reading
+            # stops meanwhile, so a client cannot queue requests without limit.
+            self.pipeline.append(cycle)
+            self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.parsing
+        if cycle is None or cycle.complete:
+            return  # answered already: the rest of the body is read and dropped
+        cycle.body += body
+        if len(cycle.body) > HIGH_WATER:
+            self.pause_reading()
+        cycle.wake()
+
+    def on_message_complete(self) -> None:
+        cycle = self.parsing
+        if cycle is None or cycle.complete:
+            return
+        cycle.more_body = False
+        cycle.wake()
+
+    # ----------------------------------------------------------------- steps
+    def _start(self, cycle: _Cycle) -> None:
+        if self.fresh_context:
+            task = self.loop.create_task(cycle.run(), context=contextvars.Context())
+        else:
+            task = self.loop.create_task(cycle.run())
+        cycle.task = task
+        self.tasks.add(task)
+
+    def response_complete(self, cycle: _Cycle) -> None:
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        if self.pipeline:  # its body, if any, was buffered in its own cycle
+            self.cycle = self.pipeline.popleft()
+            self._start(self.cycle)
+            if not self.pipeline:
+                self.resume_reading()
+        else:
+            self.resume_reading()
+            self._became_idle()
+
+    def _became_idle(self) -> None:
+        self.idle_since = self.loop.time()
+        if self.idle_timer is None:
+            self.idle_timer = self.loop.call_later(self.keep_alive_timeout, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self.idle_timer = None
+        if self.transport.is_closing() or not self.idle_since:
+            return  # closed, or busy: re-armed when the answer completes
+        left = self.idle_since + self.keep_alive_timeout - self.loop.time()
+        if left <= 0:
+            self.transport.close()
+        else:
+            self.idle_timer = self.loop.call_later(left, self._idle_check)
+
+    def _bad_request(self, status: int, message: str) -> None:
+        logger.warning(message)
+        cycle = self.cycle
+        busy = cycle is not None and not cycle.complete
+        if busy:
+            assert cycle is not None
+            cycle.disconnected = True  # the app sees the client gone; its sends go nowhere
+            cycle.wake()
+        if not busy or not cycle.started:  # type: ignore[union-attr]
+            self.transport.write(_simple_response(status, message))
+        self.transport.close()
+
+    def _is_websocket(self) -> bool:
+        if self.config.ws_protocol_class is None:
+            return False
+        upgrade, tokens = None, []
+        for name, value in self.headers:
+            if name == b"connection":
+                tokens = [token.strip().lower() for token in value.split(b",")]
+            elif name == b"upgrade":
+                upgrade = value.lower()
+        return upgrade == b"websocket" and b"upgrade" in tokens
+
+    def _upgraded(self) -> None:
+        if not self.websocket:
+            # An upgrade we do not speak (h2c, CONNECT...): answered as plain
+            # HTTP; what follows is not HTTP/1.1, so the connection ends there.
+            cycle = self.cycle
+            if cycle is not None:
+                cycle.keep_alive = False
+                if cycle.more_body:
+                    cycle.more_body = False
+                    cycle.wake()
+            return
+        # As uvicorn's own protocol does: replay the head to the websocket protocol.
+        self.connections.discard(self)
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        head = [self.parser.get_method(), b" ", self.url, b" HTTP/1.1\r\n"]
+        for name, value in self.headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"\r\n")
+        protocol = self.config.ws_protocol_class(  # type: ignore[call-arg,misc]
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
+        protocol.connection_made(self.transport)
+        protocol.data_received(b"".join(head))
+        self.transport.set_protocol(protocol)
+
+
+class _Cycle:
+    """One request and its answer: the ASGI ``receive`` and ``send`` the app gets."""
+
+    __slots__ = (
+        "app",
+        "body",
+        "chunked",
+        "complete",
+        "conn",
+        "delivered_end",
+        "disconnected",
+        "head",
+        "keep_alive",
+        "more_body",
+        "no_body",
+        "remaining",
+        "scope",
+        "started",
+        "task",
+        "transport",
+        "waiter",
+        "waiting_continue",
+    )
+
+    def __init__(
+        self, conn: H1Protocol, scope: dict[str, Any], keep_alive: bool, expect_continue: bool
+    ) -> None:
+        self.conn = conn
+        self.scope = scope
+        self.app: App = conn.app
+        self.task: asyncio.Task[None] | None = None
+        self.transport = conn.transport
+        self.keep_alive = keep_alive
+        self.waiting_continue = expect_continue
+        # Request side.
+        self.body = bytearray()
+        self.more_body = True
+        self.delivered_end = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.disconnected = False
+        # Response side.
+        self.started = False
+        self.complete = False
+        self.chunked = False
+        self.no_body = False
+        self.remaining = -1  # body bytes Content-Length still allows; -1: no Content-Length
+        self.head: bytes | None = None  # written with the first body piece, or at the end of the step
+
+    def wake(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # ------------------------------------------------------------------ run
+    async def run(self) -> None:
+        try:
+            result: object = await self.app(self.scope, self.receive, self.send)  # type: ignore[func-returns-value]
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                logger.error("Exception in ASGI application\n", exc_info=exc)
+            if not self.started and not self.disconnected:
+                self._write_now(_simple_response(500, "Internal Server Error"))
+                self.disconnected = True
+            self._cut()
+        else:
+            if result is not None:
+                logger.error("ASGI callable should return None, but returned '%s'.", result)
+                self._cut()
+            elif not self.started and not self.disconnected:
+                logger.error("ASGI callable returned without starting response.")
+                self._write_now(_simple_response(500, "Internal Server Error"))
+                self._cut()
+            elif not self.complete and not self.disconnected:
+                logger.debug("ASGI callable returned without completing response.")
+                self._cut()
+        finally:
+            if self.task is not None:
+                self.conn.tasks.discard(self.task)
+
+    def _cut(self) -> None:
+        # Whatever was written goes out, then the connection ends: a client
+        # never mistakes a failed answer for a complete one.
+        self.complete = True
+        if self.head is not None:
+            self._write_now(b"")
+        self.transport.close()
+
+    def _write_now(self, data: bytes) -> None:
+        head, self.head = self.head, None
+        if head is not None:
+            data = head + data
+        if data:
+            self.transport.write(data)
+
+    def _flush_head(self) -> None:
+        if self.head is not None and not self.transport.is_closing():
+            self._write_now(b"")
+
+    # -------------------------------------------------------------- receive
+    async def receive(self) -> Message:
+        if self.waiting_continue:
+            self.waiting_continue = False
+            if not self.transport.is_closing() and self.more_body:
+                self.transport.write(_CONTINUE)
+        while not (self.disconnected or self.complete or self.body or self._end_pending()):
+            if self.conn.parsing is self:
+                self.conn.resume_reading()
+            if self.waiter is None:
+                self.waiter = self.conn.loop.create_future()
+            await asyncio.shield(self.waiter)  # several receivers may wait on one waiter
+        if self.disconnected or self.complete:
+            return {"type": "http.disconnect"}
+        body, self.body = bytes(self.body), bytearray()
+        if not self.more_body:
+            self.delivered_end = True
+        elif self.conn.parsing is self:
+            self.conn.resume_reading()  # paused above HIGH_WATER: the app has taken it
+        return {"type": "http.request", "body": body, "more_body": self.more_body}
+
+    def _end_pending(self) -> bool:
+        return not self.more_body and not self.delivered_end
+
+    # ----------------------------------------------------------------- send
+    async def send(self, message: Message) -> None:
+        if self.conn.write_paused and not self.disconnected:
+            await self.conn.drain()
+        if self.disconnected:
+            return
+        kind = message["type"]
+        if not self.started:
+            if kind != "http.response.start":
+                raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{kind}'.")
+            self._head(message["status"], message.get("headers", ()))
+        elif not self.complete:
+            if kind != "http.response.body":
+                raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
+            self._body(message.get("body", b""), message.get("more_body", False))
+        else:
+            raise RuntimeError(f"Unexpected ASGI message '{kind}' sent, after response already completed.")
+
+    def _head(self, status: int, headers: Any) -> None:
+        try:
+            parts = [_STATUS_LINES[status]]
+        except (KeyError, TypeError):
+            raise RuntimeError(f"Invalid HTTP status code {status!r}.") from None
+        # Locals until the head is known to be valid: a refused start changes nothing.
+        lines, remaining, chunked, keep_alive = 1, -1, False, self.keep_alive
+        framed = close = False
+        for name, value in (*self.conn.server_state.default_headers, *headers):
+            name = name.lower()
+            if name not in _GOOD_NAMES:
+                if _BAD_NAME.search(name):
+                    raise RuntimeError("Invalid HTTP header name.")
+                if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
+                    _GOOD_NAMES.add(name)
+            if name == b"content-length":
+                if not framed:
+                    try:
+                        remaining = int(value)
+                    except ValueError:
+                        raise RuntimeError("Invalid Content-Length header.") from None
+                    framed = True
+            elif name == b"transfer-encoding":
+                if value.lower() == b"chunked":
+                    remaining, chunked, framed = -1, True, True
+            elif name == b"connection" and b"close" in [t.strip().lower() for t in value.split(b",")]:
+                keep_alive, close = False, True
+            parts += (name, b": ", value, b"\r\n")
+            lines += 1
+        no_body = status in _BODYLESS_STATUS or status < 200 or self.scope["method"] == "HEAD"
+        if no_body:
+            remaining, chunked = -1, False
+        elif not framed:
+            if self.scope["http_version"] == "1.0":
+                keep_alive = False  # 1.0 clients cannot read chunks: the close ends the body
+            else:
+                chunked = True
+                parts.append(_CHUNKED_HEADER)
+                lines += 1
+        if not keep_alive and not close:
+            parts.append(_CLOSE_HEADER)
+            lines += 1
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        # One pass each over the whole head instead of a regex per value: a
+        # CR or LF inside a value would add a line (response splitting).
+        if head.count(b"\n") != lines + 1 or head.count(b"\r") != lines + 1 or _BAD_VALUE_BYTES.search(head):
+            raise RuntimeError("Invalid HTTP header value.")
+        self.remaining, self.chunked, self.no_body, self.keep_alive = remaining, chunked, no_body, keep_alive
+        self.started = True
+        self.waiting_continue = False  # answered without reading the body: no 100 Continue
+        self.head = head
+        self.conn.loop.call_soon(self._flush_head)
+
+    def _body(self, body: bytes, more_body: bool) -> None:
+        if self.no_body:
+            data = b""
+        elif self.chunked:
+            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            if not more_body:
+                data += _LAST_CHUNK
+        else:
+            if self.remaining >= 0:
+                if len(body) > self.remaining:
+                    raise RuntimeError("Response content longer than Content-Length")
+                self.remaining -= len(body)
+            data = body
+        if not more_body and self.remaining > 0:
+            raise RuntimeError("Response content shorter than Content-Length")
+        self._write_now(data)
+        if not more_body:
+            self.complete = True
+            self.wake()  # a receive() waiting for the client now returns http.disconnect
+            if not self.keep_alive:
+                self.transport.close()
+            self.conn.response_complete(self)
