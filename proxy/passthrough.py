@@ -13,7 +13,7 @@ Guarantees, for every request that reaches an upstream:
   window) is cut short for the client too: the response ends without its
   terminating chunk, never as if it were complete.
 * Memory per request is bounded: a slow client pauses the upstream read
-  (uvicorn's ``send`` waits for the socket to drain), and a request body is
+  (the server's ``send`` waits for the socket to drain), and a request body is
   forwarded piece by piece as it arrives, never read whole.
 """
 
@@ -376,7 +376,7 @@ class _Exchange:
     def _cut(self, exc: BaseException) -> None:
         # Headers are out, so the only honest signal left is to cut the
         # response short: returning without the final message makes
-        # uvicorn close the connection without the terminating chunk.
+        # the server close the connection without the terminating chunk.
         self.ctx.outcome = "upstream_error"
         self.ctx.detail = exc.kind if isinstance(exc, StreamTimeout) else "cut_mid_stream"
         logger.warning(
@@ -422,7 +422,7 @@ class _Exchange:
         )
 
     async def _stream_body(self, first: bytes) -> AsyncIterator[bytes]:
-        """Yield the request body as uvicorn receives it; the client writes each piece upstream."""
+        """Yield the request body as the server receives it; the client writes each piece upstream."""
         if first:
             yield first
         while True:
@@ -440,7 +440,7 @@ class _Exchange:
 
     def _watch_for_disconnect(self) -> None:
         # The watcher is a task; one that answers within WATCH_DELAY never
-        # needs it, and a disconnect is still seen when it starts (uvicorn
+        # needs it, and a disconnect is still seen when it starts (the server
         # remembers it), at most WATCH_DELAY late.
         self.watch_timer = asyncio.get_running_loop().call_later(WATCH_DELAY, self._start_watcher)
 
