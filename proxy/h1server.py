@@ -55,6 +55,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.server import ServerState
 
+from .headers import connection_tokens
+
 __all__ = ["MAX_HEAD_BYTES", "H1Protocol"]
 
 logger = logging.getLogger("uvicorn.error")
@@ -172,9 +174,7 @@ class H1Protocol(asyncio.Protocol):
                 cycle.disconnected = True
             cycle.wake()
         self.resume_writing()  # a send waiting for the socket returns (and is ignored)
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        self._stop_idle_timer()
         if exc is None:
             self.transport.close()
 
@@ -360,15 +360,19 @@ class H1Protocol(asyncio.Protocol):
         else:
             self.idle_timer = self.loop.call_later(left, self._idle_check)
 
+    def _stop_idle_timer(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+
     def _bad_request(self, status: int, message: str) -> None:
         logger.warning(message)
-        cycle = self.cycle
-        busy = cycle is not None and not cycle.complete
-        if busy:
-            assert cycle is not None
+        cycle, answering = self.cycle, False
+        if cycle is not None and not cycle.complete:
             cycle.disconnected = True  # the app sees the client gone; its sends go nowhere
             cycle.wake()
-        if not busy or not cycle.started:  # type: ignore[union-attr]
+            answering = cycle.started
+        if not answering:  # never write a 400 into an answer already under way
             self.transport.write(_simple_response(status, message))
         self.transport.close()
 
@@ -378,7 +382,7 @@ class H1Protocol(asyncio.Protocol):
         upgrade, tokens = None, []
         for name, value in self.headers:
             if name == b"connection":
-                tokens = [token.strip().lower() for token in value.split(b",")]
+                tokens = connection_tokens(value)
             elif name == b"upgrade":
                 upgrade = value.lower()
         return upgrade == b"websocket" and b"upgrade" in tokens
@@ -396,9 +400,7 @@ class H1Protocol(asyncio.Protocol):
             return
         # As uvicorn's own protocol does: replay the head to the websocket protocol.
         self.connections.discard(self)
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        self._stop_idle_timer()
         head = [self.parser.get_method(), b" ", self.url, b" HTTP/1.1\r\n"]
         for name, value in self.headers:
             head += [name, b": ", value, b"\r\n"]
@@ -576,7 +578,7 @@ class _Cycle:
             elif name == b"transfer-encoding":
                 if value.lower() == b"chunked":
                     remaining, chunked, framed = -1, True, True
-            elif name == b"connection" and b"close" in [t.strip().lower() for t in value.split(b",")]:
+            elif name == b"connection" and b"close" in connection_tokens(value):
                 keep_alive, close = False, True
             parts += (name, b": ", value, b"\r\n")
             lines += 1

@@ -60,12 +60,17 @@ _RESPONSE_DROP = HOP_BY_HOP | UPSTREAM_HOP
 SSE_EXTRA: Headers = [(b"x-accel-buffering", b"no")]
 
 
+def connection_tokens(value: bytes) -> list[bytes]:
+    """The options of one ``Connection`` header value, lowercased: ``close``, ``upgrade``, header names."""
+    return [token.strip().lower() for token in value.split(b",")]
+
+
 def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     """Header names listed in ``Connection``: they are hop-by-hop too (RFC 9110 §7.6.1)."""
     tokens: set[bytes] = set()
     for name, value in headers:
         if name == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
+            tokens.update(connection_tokens(value))
     return frozenset(tokens)
 
 

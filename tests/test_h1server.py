@@ -255,6 +255,17 @@ def body_of(messages: list[Message]) -> bytes:
     return b"".join(message.get("body", b"") for message in messages)
 
 
+def recording(body: bytes) -> tuple[list[Scope], App]:
+    """An app that keeps the scope of every request it is called for and answers ``body``."""
+    scopes: list[Scope] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        scopes.append(scope)
+        await respond(send, body)
+
+    return scopes, app
+
+
 async def echo(scope: Scope, receive: Receive, send: Send) -> None:
     """Answers with the request's target and body: ``<raw_path>?<query> <body>``."""
     body = body_of(await receive_all(receive))
@@ -267,12 +278,7 @@ async def echo(scope: Scope, receive: Receive, send: Send) -> None:
 
 @pytest.mark.parametrize("version", ["1.1", "1.0"])
 async def test_the_scope_describes_the_request(version: str) -> None:
-    scopes: list[Scope] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        scopes.append(scope)
-        await respond(send, b"ok")
-
+    scopes, app = recording(b"ok")
     async with running(app) as server:
         client = await server.connect()
         headers = ("X-Custom: Mixed Case", "x-dup: 1", "X-Dup: 2")
@@ -733,12 +739,7 @@ async def test_pipelined_requests_are_answered_in_order_one_after_the_other() ->
     ],
 )
 async def test_an_unparseable_request_gets_400_and_the_connection_closes(data: bytes) -> None:
-    called: list[Scope] = []
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        called.append(scope)
-        await respond(send, b"served")
-
+    called, app = recording(b"served")
     async with running(app) as server:
         client = await server.connect()
         await client.send(data)
