@@ -391,7 +391,8 @@ class H1Protocol(asyncio.Protocol):
         if not self.websocket:
             # An upgrade we do not speak (h2c, CONNECT...): answered as plain
             # HTTP; what follows is not HTTP/1.1, so the connection ends there.
-            cycle = self.cycle
+            # It is the request just parsed, which may wait behind another.
+            cycle = self.parsing
             if cycle is not None:
                 cycle.keep_alive = False
                 if cycle.more_body:
