@@ -30,7 +30,10 @@ class Limits:
         return self.rpm is not None or self.tpm is not None or self.concurrency is not None
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, though nothing changes one once made: one is built for every
+# request, and a frozen dataclass's __init__ (object.__setattr__ per field)
+# took 1.8 µs against 0.5 µs.
+@dataclass(slots=True)
 class Decision:
     """The answer to one admission request.
 

@@ -15,7 +15,7 @@ from .base import Decision
 
 
 def _seconds(value: float) -> bytes:
-    return str(max(0, math.ceil(value))).encode("ascii")
+    return b"%d" % max(0, math.ceil(value))
 
 
 def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
@@ -26,10 +26,9 @@ def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     """
     headers: list[tuple[bytes, bytes]] = []
     if decision.limit is not None:
-        remaining = max(0, decision.remaining or 0)
-        headers += [
-            (b"ratelimit-limit", str(decision.limit).encode("ascii")),
-            (b"ratelimit-remaining", str(remaining).encode("ascii")),
+        headers = [
+            (b"ratelimit-limit", b"%d" % decision.limit),
+            (b"ratelimit-remaining", b"%d" % max(0, decision.remaining or 0)),
             (b"ratelimit-reset", _seconds(decision.reset)),
         ]
     if not decision.allowed:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 
 from .base import WINDOW_SECONDS, Decision, LimitKind, Limits
@@ -24,8 +25,7 @@ CONCURRENCY_RETRY_AFTER = 1.0
 # key that stops sending does not keep its buckets forever.
 _SWEEP_EVERY = 60.0
 
-Buckets = dict[int, int]  # unix (or clock) second -> requests or tokens
-Usage = tuple[int, float]  # (counted in the window, seconds until it matters: see _wait)
+Usage = tuple[int, float]  # (counted in the window, seconds until it matters: see _Window.wait)
 
 
 def compose_decision(
@@ -42,6 +42,10 @@ def compose_decision(
     otherwise, the seconds until its oldest counted bucket expires (0 when
     empty). ``concurrency`` is the number of leases held before this request.
     """
+    if allowed and rpm is not None and limits.rpm is not None:
+        # The common case, answered as the general rule below would (the rpm
+        # policy describes an allowed request) without building its lists.
+        return Decision(True, "rpm", limits.rpm, max(limits.rpm - rpm[0] - 1, 0), reset=rpm[1])
     # (kind, limit, remaining if allowed, refused, wait)
     seen: list[tuple[LimitKind, int, int, bool, float]] = []
     if limits.concurrency is not None and concurrency is not None:
@@ -71,27 +75,58 @@ def compose_decision(
     return Decision(True, kind, lim, max(remaining, 0), reset=reset)
 
 
-def _prune(buckets: Buckets, now: float, window: int) -> int:
-    """Drop buckets that have left the window; return the sum of the rest."""
-    floor = math.floor(now) - window + 1
-    for b in [b for b in buckets if b < floor]:
-        del buckets[b]
-    return sum(buckets.values())
+class _Window:
+    """One key's counts in the last ``window`` seconds: 1 s buckets, oldest first, and their sum.
 
-
-def _wait(buckets: Buckets, used: int, keep: int, now: float, window: int) -> float:
-    """Seconds until the counted total falls to ``keep`` or below, as old buckets expire.
-
-    With ``keep = used`` (nothing needs to go) this is the time until the
-    oldest counted bucket expires, or 0 if there is none.
+    Kept in order with a running total, so a request costs O(1) however many
+    buckets are counted (at steady traffic, one per second of the window).
     """
-    for b in sorted(buckets):
-        used -= buckets[b]
-        if used <= keep:
-            return b + window - now
-    # Nothing counted: nothing to wait for; unless keep < 0 (a limit of 0),
-    # which no window ever satisfies: say one window.
-    return 0.0 if used <= keep else float(window)
+
+    __slots__ = ("buckets", "total")
+
+    def __init__(self) -> None:
+        self.buckets: deque[list[int]] = deque()  # [second, count], seconds increasing
+        self.total = 0
+
+    def prune(self, now: float, window: int) -> int:
+        """Drop buckets that have left the window; return the sum of the rest."""
+        floor = math.floor(now) - window + 1
+        buckets = self.buckets
+        while buckets and buckets[0][0] < floor:
+            self.total -= buckets.popleft()[1]
+        return self.total
+
+    def add(self, second: int, amount: int) -> None:
+        buckets = self.buckets
+        self.total += amount
+        if buckets and buckets[-1][0] == second:
+            buckets[-1][1] += amount
+        elif not buckets or buckets[-1][0] < second:
+            buckets.append([second, amount])
+        else:  # an injected clock went back: keep the order
+            for bucket in buckets:
+                if bucket[0] == second:
+                    bucket[1] += amount
+                    return
+            buckets.append([second, amount])
+            self.buckets = deque(sorted(buckets))
+
+    def oldest(self, default: int) -> int:
+        return self.buckets[0][0] if self.buckets else default
+
+    def wait(self, used: int, keep: int, now: float, window: int) -> float:
+        """Seconds until the counted total falls to ``keep`` or below, as old buckets expire.
+
+        With ``keep = used`` (nothing needs to go) this is the time until the
+        oldest counted bucket expires, or 0 if there is none.
+        """
+        for second, count in self.buckets:
+            used -= count
+            if used <= keep:
+                return second + window - now
+        # Nothing counted: nothing to wait for; unless keep < 0 (a limit of 0),
+        # which no window ever satisfies: say one window.
+        return 0.0 if used <= keep else float(window)
 
 
 class MemoryLimiter:
@@ -106,8 +141,8 @@ class MemoryLimiter:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, window: int = WINDOW_SECONDS) -> None:
         self._clock = clock
         self._window = window
-        self._rpm: dict[str, Buckets] = {}
-        self._tpm: dict[str, Buckets] = {}
+        self._rpm: dict[str, _Window] = {}
+        self._tpm: dict[str, _Window] = {}
         self._leases: dict[str, set[str]] = {}
         self._next_sweep = clock() + _SWEEP_EVERY
 
@@ -115,40 +150,45 @@ class MemoryLimiter:
         if not limits.any:
             return Decision(allowed=True)
         now = self._clock()
-        self._maybe_sweep(now)
+        if now >= self._next_sweep:
+            self._sweep(now)
         w = self._window
         rpm = tpm = None
         allowed = True
-        leases = self._leases.get(key, set())
+        leases = self._leases.get(key)
+        held = len(leases) if leases is not None else 0
         if limits.concurrency is not None:
-            allowed = len(leases) < limits.concurrency
+            allowed = held < limits.concurrency
         if limits.rpm is not None:
-            buckets = self._rpm.setdefault(key, {})
-            used = _prune(buckets, now, w)
+            window = self._rpm.get(key)
+            if window is None:
+                window = self._rpm[key] = _Window()
+            used = window.prune(now, w)
             if used + 1 > limits.rpm:
                 allowed = False
-                rpm = (used, _wait(buckets, used, limits.rpm - 1, now, w))
+                rpm = (used, window.wait(used, limits.rpm - 1, now, w))
             else:
                 # Oldest counted bucket once this request is counted.
-                oldest = min(buckets, default=math.floor(now))
-                rpm = (used, oldest + w - now)
+                rpm = (used, window.oldest(math.floor(now)) + w - now)
         if limits.tpm is not None:
-            buckets = self._tpm.setdefault(key, {})
-            used = _prune(buckets, now, w)
+            window = self._tpm.get(key)
+            if window is None:
+                window = self._tpm[key] = _Window()
+            used = window.prune(now, w)
             if used >= limits.tpm:
                 allowed = False
-                tpm = (used, _wait(buckets, used, limits.tpm - 1, now, w))
+                tpm = (used, window.wait(used, limits.tpm - 1, now, w))
             else:
-                tpm = (used, _wait(buckets, used, used, now, w))
-        decision = compose_decision(limits, allowed, rpm, tpm, len(leases))
+                tpm = (used, window.wait(used, used, now, w))
+        decision = compose_decision(limits, allowed, rpm, tpm, held)
         if allowed:
             # Only now, with every policy passed, does the request count.
             if limits.rpm is not None:
-                bucket = self._rpm[key]
-                sec = math.floor(now)
-                bucket[sec] = bucket.get(sec, 0) + 1
+                self._rpm[key].add(math.floor(now), 1)
             if limits.concurrency is not None:
-                self._leases.setdefault(key, set()).add(lease_id)
+                if leases is None:
+                    leases = self._leases[key] = set()
+                leases.add(lease_id)
         return decision
 
     async def release(self, key: str, lease_id: str) -> None:
@@ -161,9 +201,10 @@ class MemoryLimiter:
     async def charge_tokens(self, key: str, tokens: int) -> None:
         if tokens <= 0:
             return
-        sec = math.floor(self._clock())
-        bucket = self._tpm.setdefault(key, {})
-        bucket[sec] = bucket.get(sec, 0) + tokens
+        window = self._tpm.get(key)
+        if window is None:
+            window = self._tpm[key] = _Window()
+        window.add(math.floor(self._clock()), tokens)
 
     async def ping(self) -> bool:
         return True
@@ -173,12 +214,9 @@ class MemoryLimiter:
         self._tpm.clear()
         self._leases.clear()
 
-    def _maybe_sweep(self, now: float) -> None:
-        if now < self._next_sweep:
-            return
+    def _sweep(self, now: float) -> None:
         self._next_sweep = now + _SWEEP_EVERY
         for table in (self._rpm, self._tpm):
             for key in list(table):
-                _prune(table[key], now, self._window)
-                if not table[key]:
+                if not table[key].prune(now, self._window) and not table[key].buckets:
                     del table[key]
