@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.middleware.access_log import _timestamp
+from proxy.context import RequestContext, Usage
+from proxy.middleware.access_log import _timestamp, log_line, log_record
 
 
 @given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
@@ -15,3 +17,44 @@ def test_timestamps_match_isoformat_to_the_millisecond(wall: float) -> None:
     # The cached-second formatter must print what datetime.isoformat would.
     expected = datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     assert _timestamp(wall) == expected
+
+
+texts = st.none() | st.text()  # any code point: quotes, controls, lone surrogates
+counts = st.none() | st.integers(min_value=0, max_value=10**12)
+
+
+@st.composite
+def contexts(draw: st.DrawFn) -> RequestContext:
+    ctx = RequestContext(request_id=draw(st.text()), method=draw(st.text()), path=draw(st.text()))
+    ctx.started = draw(st.floats(min_value=0, max_value=1e6))
+    ctx.started_wall = draw(st.floats(min_value=0, max_value=4_102_444_800))
+    ctx.client, ctx.provider, ctx.model, ctx.key_name = draw(texts), draw(texts), draw(texts), draw(texts)
+    ctx.detail, ctx.upstream_request_id, ctx.credential = draw(texts), draw(texts), draw(texts)
+    ctx.status = draw(st.none() | st.integers(min_value=100, max_value=599))
+    ctx.bytes_in, ctx.bytes_out = draw(st.integers(0, 10**12)), draw(st.integers(0, 10**12))
+    ctx.ttfb = draw(st.none() | st.floats(min_value=0, max_value=1e5))
+    ctx.outcome = draw(st.sampled_from(["ok", "client_disconnected", "upstream_error", "aborted"]))
+    if draw(st.booleans()):
+        ctx.usage = Usage(draw(counts), draw(counts), draw(counts))
+    return ctx
+
+
+@settings(max_examples=500)
+@given(ctx=contexts(), elapsed=st.floats(min_value=0, max_value=1e5))
+def test_the_written_line_reads_back_as_the_record(ctx: RequestContext, elapsed: float) -> None:
+    now = ctx.started + elapsed
+    line = log_line(ctx, now)
+    record = log_record(ctx, now)
+    # Field for field and in order; milliseconds may be written "12.50" for
+    # json's "12.5": the same number once read.
+    assert json.loads(line) == record
+    assert list(json.loads(line)) == list(record)
+    assert "\n" not in line  # one line, whatever the strings held
+
+
+def test_a_field_a_custom_layer_filled_with_a_non_string_still_makes_valid_json() -> None:
+    ctx = RequestContext(request_id="r", method="POST", path="/v1/x")
+    ctx.model = 5  # type: ignore[assignment]
+    ctx.detail = {"why": "custom"}  # type: ignore[assignment]
+    record = json.loads(log_line(ctx, ctx.started))
+    assert (record["model"], record["detail"]) == (5, {"why": "custom"})

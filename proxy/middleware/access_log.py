@@ -20,6 +20,7 @@ import os
 import sys
 import time
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Any
 
 from ..asgi import ASGIApp, Message, Receive, Scope, Send
@@ -62,9 +63,14 @@ class LogWriter:
         return self._fd is not None
 
     def write(self, record: dict[str, Any]) -> None:
+        """Write ``record`` as one JSON line."""
+        self.write_line(_ENCODER.encode(record))
+
+    def write_line(self, text: str) -> None:
+        """Write ``text`` (one JSON document, no newline) as one line."""
         if self._fd is None:
             return
-        line = (_ENCODER.encode(record) + "\n").encode("utf-8", "replace")
+        line = (text + "\n").encode("utf-8", "replace")
         if self._pending_bytes + len(line) > _BATCH_MAX:
             self.flush()
         self._pending.append(line)
@@ -94,10 +100,6 @@ class LogWriter:
         self._fd = None
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)
-
-
 # The timestamp's text up to the second, kept while the second lasts: formatting
 # a datetime for every line costs more than the rest of the record.
 _second: tuple[int, str] = (-1, "")
@@ -116,6 +118,7 @@ def _timestamp(wall: float) -> str:
 
 
 def log_record(ctx: RequestContext, now: float) -> dict[str, Any]:
+    """The access-log record for ``ctx``, as a dict; ``now`` ends the duration."""
     return {
         "ts": _timestamp(ctx.started_wall),
         "request_id": ctx.request_id,
@@ -127,8 +130,8 @@ def log_record(ctx: RequestContext, now: float) -> dict[str, Any]:
         "status": ctx.status,
         "bytes_in": ctx.bytes_in,
         "bytes_out": ctx.bytes_out,
-        "ttfb_ms": _ms(ctx.ttfb),
-        "duration_ms": _ms(now - ctx.started),
+        "ttfb_ms": None if ctx.ttfb is None else round(ctx.ttfb * 1000, 2),
+        "duration_ms": round((now - ctx.started) * 1000, 2),
         "usage": ctx.usage.as_dict() if ctx.usage is not None else None,
         "outcome": ctx.outcome,
         "detail": ctx.detail,
@@ -138,8 +141,52 @@ def log_record(ctx: RequestContext, now: float) -> dict[str, Any]:
     }
 
 
+def log_line(ctx: RequestContext, now: float) -> str:
+    """``log_record`` as one JSON line (no newline), written field by field.
+
+    Building the dict and handing it to json walked 18 keys and escaped each
+    name on every request: ~90 k of the ~640 k instructions a request through
+    the default chain cost. Strings go through the escaper that
+    ``json.dumps(ensure_ascii=False)`` itself uses, so the text is what json
+    would write (milliseconds as ``12.50`` rather than ``12.5``: the same
+    number). tests/test_access_log_record.py holds the two to each other.
+    """
+    try:
+        return _line(ctx, now)
+    except TypeError:  # a custom layer stored a non-string where a string goes
+        return _ENCODER.encode(log_record(ctx, now))
+
+
+def _line(ctx: RequestContext, now: float) -> str:
+    q = encode_basestring  # raises TypeError for anything but a str
+    usage, key, provider, model = ctx.usage, ctx.key_name, ctx.provider, ctx.model
+    detail, upstream_id, credential, client = ctx.detail, ctx.upstream_request_id, ctx.credential, ctx.client
+    status, ttfb = ctx.status, ctx.ttfb
+    if usage is None:
+        usage_text = "null"
+    else:
+        i, o = usage.input_tokens, usage.output_tokens
+        usage_text = (
+            f'{{"input":{"null" if i is None else int(i)},"output":{"null" if o is None else int(o)}'
+            f',"total":{int(usage.total)}}}'
+        )
+    return (
+        f'{{"ts":"{_timestamp(ctx.started_wall)}","request_id":{q(ctx.request_id)}'
+        f',"key":{"null" if key is None else q(key)},"provider":{"null" if provider is None else q(provider)}'
+        f',"model":{"null" if model is None else q(model)},"method":{q(ctx.method)},"path":{q(ctx.path)}'
+        f',"status":{"null" if status is None else int(status)}'
+        f',"bytes_in":{int(ctx.bytes_in)},"bytes_out":{int(ctx.bytes_out)}'
+        f',"ttfb_ms":{"null" if ttfb is None else f"{ttfb * 1000:.2f}"}'
+        f',"duration_ms":{(now - ctx.started) * 1000:.2f},"usage":{usage_text},"outcome":{q(ctx.outcome)}'
+        f',"detail":{"null" if detail is None else q(detail)}'
+        f',"upstream_request_id":{"null" if upstream_id is None else q(upstream_id)}'
+        f',"credential":{"null" if credential is None else q(credential)}'
+        f',"client":{"null" if client is None else q(client)}}}'
+    )
+
+
 class AccessLog:
-    """Pure ASGI middleware writing :func:`log_record` for every HTTP request."""
+    """Pure ASGI middleware writing :func:`log_line` for every HTTP request."""
 
     def __init__(self, app: ASGIApp, writer: LogWriter, log_bodies: bool = False) -> None:
         self.app = app
@@ -158,10 +205,12 @@ class AccessLog:
         try:
             await self.app(scope, receive, send)
         finally:
-            record = log_record(ctx, time.monotonic())
-            if samples is not None:
+            if samples is None:
+                self.writer.write_line(log_line(ctx, time.monotonic()))
+            else:  # debugging: the generic path will do
+                record = log_record(ctx, time.monotonic())
                 record.update({k: v.decode("utf-8", "replace") for k, v in samples.items()})
-            self.writer.write(record)
+                self.writer.write(record)
 
 
 def _sampling(receive: Receive, send: Send, samples: dict[str, bytearray]) -> tuple[Receive, Send]:
