@@ -190,7 +190,9 @@ _METHOD = """\
 - Scenario 1: one keep-alive connection, {c1_rate:g} req/s at a fixed rate for {c1_seconds:g} s.
 - Scenario 2: a {tput_probe_seconds:g} s closed-loop probe on 64 connections estimates saturation;
   open-loop Poisson steps of {tput_step_seconds:g} s then descend through {fractions} of it until
-  one has p99 < {p99_limit:g} ms and no error, and one more step tries halfway back up.
+  one has p99 < {p99_limit:g} ms and no error, and one more step tries halfway back up. A step that
+  fails on its p99 alone (no error) is run once more at the same rate, for every path alike: on a shared
+  VM one stall of a few tens of ms fails a one-second step by itself.
 - Scenario 3: {stream_rate:g} new streams/s for {stream_seconds:g} s, each {stream_chunks} SSE events
   {stream_interval_ms:g} ms apart (the first one with the headers).
 - Scenario 4: N streams started evenly over {sweep_ramp_seconds:g} s, each {sweep_chunks} events

@@ -168,7 +168,7 @@ async def throughput(target: Target, plan: Plan, wires: Wires, seed: int) -> dic
     """Scenario 2: the highest Poisson arrival rate with p99 < 50 ms and no error.
 
     A closed-loop probe (64 connections) estimates saturation; open-loop steps
-    then descend from 90 % of it until one passes, and one refinement step
+    then descend from 85 % of it until one passes, and one refinement step
     tries halfway back up.
     """
     await _warm(target, wires.json)
@@ -180,20 +180,33 @@ async def throughput(target: Target, plan: Plan, wires: Wires, seed: int) -> dic
     pool.close()
     probe = done / plan.tput_probe_seconds
     steps: list[dict[str, Any]] = []
+
+    async def attempt(rate: float, seed: int) -> bool:
+        """One step at ``rate``; a step failed on its p99 alone gets one more try.
+
+        On a shared VM one stall of a few tens of ms fails a one-second
+        step's p99 by itself, and without the retry the search descends a
+        whole fraction for it. Errors are never retried. Every path gets the
+        same rule, and both attempts are in the results.
+        """
+        await asyncio.sleep(0.2)  # let the last step's connections close
+        step = await _open_loop_step(target, wires, rate, plan.tput_step_seconds, seed)
+        steps.append(step)
+        if not step["pass"] and step["errors"] == 0:
+            await asyncio.sleep(0.2)
+            step = await _open_loop_step(target, wires, rate, plan.tput_step_seconds, seed + 1000)
+            step["retry"] = True
+            steps.append(step)
+        return bool(step["pass"])
+
     best: dict[str, Any] | None = None
     last_fail = 1.0
     for i, f in enumerate(plan.tput_fractions):
-        await asyncio.sleep(0.2)  # let the last step's connections close
-        step = await _open_loop_step(target, wires, f * probe, plan.tput_step_seconds, seed + i)
-        steps.append(step)
-        if step["pass"]:
-            best = step
+        if await attempt(f * probe, seed + i):
+            best = steps[-1]
             mid = (f + last_fail) / 2
-            await asyncio.sleep(0.2)
-            refine = await _open_loop_step(target, wires, mid * probe, plan.tput_step_seconds, seed + 99)
-            steps.append(refine)
-            if refine["pass"]:
-                best = refine
+            if await attempt(mid * probe, seed + 99):
+                best = steps[-1]
             break
         last_fail = f
     # The step that failed just above the best one says what limited the rate:
