@@ -563,12 +563,13 @@ class _Cycle:
         lines, remaining, chunked, keep_alive = 1, -1, False, self.keep_alive
         framed = close = False
         for name, value in (*self.conn.server_state.default_headers, *headers):
-            name = name.lower()
-            if name not in _GOOD_NAMES:
-                if _BAD_NAME.search(name):
-                    raise RuntimeError("Invalid HTTP header name.")
-                if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
-                    _GOOD_NAMES.add(name)
+            if name not in _GOOD_NAMES:  # a name found there is lower-case already
+                name = name.lower()
+                if name not in _GOOD_NAMES:
+                    if _BAD_NAME.search(name):
+                        raise RuntimeError("Invalid HTTP header name.")
+                    if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
+                        _GOOD_NAMES.add(name)
             if name == b"content-length":
                 if not framed:
                     try:
