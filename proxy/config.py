@@ -110,6 +110,10 @@ class Settings:
     read_timeout: float = 600.0
     stream_deadline: float | None = None  # overall cap from request start; None: no cap
     drain_timeout: float = 900.0  # on SIGTERM, how long in-flight requests may finish
+    # How long an idle client connection stays open. Longer than the idle
+    # timeout of a proxy in front (deploy/nginx.conf: 60 s), so that proxy
+    # never reuses a connection at the moment Sluice closes it (a 502 there).
+    keep_alive_timeout: int = 75
     pool_size: int = 10_000  # concurrent upstream requests per worker; beyond: 503
     failover_cooldown: float = 300.0  # a refused credential is skipped this long
     connect_retries: int = 2  # extra attempts when the upstream cannot be reached
@@ -251,6 +255,7 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
         "read_timeout": _parse(env, "SLUICE_READ_TIMEOUT", 600.0, _positive_float),
         "stream_deadline": _parse(env, "SLUICE_STREAM_DEADLINE", 0.0, _non_negative_float) or None,
         "drain_timeout": _parse(env, "SLUICE_DRAIN_TIMEOUT", 900.0, _non_negative_float),
+        "keep_alive_timeout": _parse(env, "SLUICE_KEEP_ALIVE_TIMEOUT", 75, _int_between(1, 86_400)),
         "pool_size": _parse(env, "SLUICE_POOL_SIZE", 10_000, _int_between(1, 1_000_000)),
         "failover_cooldown": _parse(env, "SLUICE_FAILOVER_COOLDOWN", 300.0, _non_negative_float),
         "connect_retries": _parse(env, "SLUICE_CONNECT_RETRIES", 2, _int_between(0, 10)),

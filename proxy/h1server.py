@@ -36,6 +36,11 @@ Where it differs, on purpose:
 * An app returning without completing its response is logged at DEBUG, not
   ERROR: that is how Sluice cuts a failed stream, and it logs its own warning.
 * No uvicorn access log (Sluice writes its own).
+* A connection that sends nothing is closed after ``timeout_keep_alive``,
+  and a request head not whole ``head_timeout`` after its first byte is
+  answered 408 and closed (checked once per ``head_timeout``, so within two).
+  uvicorn's protocol waits for ever in both cases: without nginx in front, a
+  client trickling bytes would hold a connection for good.
 """
 
 from __future__ import annotations
@@ -57,12 +62,13 @@ from uvicorn.server import ServerState
 
 from .headers import connection_tokens
 
-__all__ = ["MAX_HEAD_BYTES", "H1Protocol"]
+__all__ = ["HEAD_TIMEOUT", "MAX_HEAD_BYTES", "H1Protocol"]
 
 logger = logging.getLogger("uvicorn.error")
 
 HIGH_WATER = 64 * 1024  # buffered request body bytes that pause reading from the client
 MAX_HEAD_BYTES = 64 * 1024  # request line plus headers; nginx allows 32 KiB by default
+HEAD_TIMEOUT = 60.0  # seconds from a request's first byte to its whole head: nginx's client_header_timeout
 
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -109,6 +115,8 @@ def _simple_response(status: int, text: str) -> bytes:
 class H1Protocol(asyncio.Protocol):
     """One client connection: parses requests, runs the app for each, writes its answers."""
 
+    head_timeout = HEAD_TIMEOUT
+
     def __init__(
         self,
         config: Config,
@@ -144,9 +152,10 @@ class H1Protocol(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
-        # Keep-alive: one timer per connection, re-armed only when it fires
-        # early, instead of a new timer for every request.
-        self.idle_since = 0.0
+        # Keep-alive and head timeouts: one timer per connection, re-armed
+        # only when it fires early, instead of a new timer for every request.
+        self.idle_since = 0.0  # when the connection became idle; 0 while not idle
+        self.head_since = 0.0  # when the head being parsed began; 0 outside one
         self.idle_timer: asyncio.TimerHandle | None = None
         # Per request, while its head is parsed.
         self.url = b""
@@ -164,7 +173,7 @@ class H1Protocol(asyncio.Protocol):
         self.server = _address(transport.get_extra_info("sockname"))
         if transport.get_extra_info("sslcontext") is not None:
             self.scheme = "https"
-        # As uvicorn: the keep-alive timer starts once the first answer is out.
+        self._became_idle()  # a connection that never sends a request is closed too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
@@ -243,7 +252,10 @@ class H1Protocol(asyncio.Protocol):
         self.expect_continue = False
         self.in_head = True
         self.head_bytes = 0
-        self.idle_since = 0.0  # busy: the keep-alive timer leaves the connection alone
+        self.idle_since = 0.0  # busy: the keep-alive timeout leaves the connection alone
+        self.head_since = self.loop.time()  # but the head must come whole in time
+        if self.idle_timer is None:
+            self.idle_timer = self.loop.call_later(self.head_timeout, self._idle_check)
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -256,6 +268,7 @@ class H1Protocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
+        self.head_since = 0.0
         parser = self.parser
         if parser.should_upgrade() and self._is_websocket():
             self.websocket = True  # handed over when the parser stops at the upgrade
@@ -348,17 +361,37 @@ class H1Protocol(asyncio.Protocol):
     def _became_idle(self) -> None:
         self.idle_since = self.loop.time()
         if self.idle_timer is None:
-            self.idle_timer = self.loop.call_later(self.keep_alive_timeout, self._idle_check)
+            self.idle_timer = self.loop.call_later(
+                self._check_within(self.keep_alive_timeout), self._idle_check
+            )
+
+    def _check_within(self, seconds: float) -> float:
+        # The timer comes back at least every head_timeout, so a head begun
+        # while it is armed for a later keep-alive deadline is still cut
+        # within two head timeouts of its first byte, with no timer per request.
+        return min(seconds, self.head_timeout)
 
     def _idle_check(self) -> None:
         self.idle_timer = None
-        if self.transport.is_closing() or not self.idle_since:
-            return  # closed, or busy: re-armed when the answer completes
-        left = self.idle_since + self.keep_alive_timeout - self.loop.time()
-        if left <= 0:
-            self.transport.close()
+        if self.transport.is_closing():
+            return
+        now = self.loop.time()
+        answering = self.cycle is not None and not self.cycle.complete
+        if self.head_since and not answering:
+            # A head being trickled in. (Behind an answer under way, it is
+            # left until that answer completes: reading may be paused.)
+            left = self.head_since + self.head_timeout - now
+            if left <= 0:
+                self._bad_request(408, "Request head not received in time.")
+                return
+        elif self.idle_since:
+            left = self.idle_since + self.keep_alive_timeout - now
+            if left <= 0:
+                self.transport.close()
+                return
         else:
-            self.idle_timer = self.loop.call_later(left, self._idle_check)
+            return  # busy: re-armed when the answer completes
+        self.idle_timer = self.loop.call_later(self._check_within(left), self._idle_check)
 
     def _stop_idle_timer(self) -> None:
         if self.idle_timer is not None:

@@ -79,6 +79,8 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         server_header=False,
         log_config=logging_config(settings.log_level),
         log_level=settings.log_level,
+        # Also how long a connection may stay silent before its first request.
+        timeout_keep_alive=settings.keep_alive_timeout,
         # Sluice's drain aborts what is left at SLUICE_DRAIN_TIMEOUT; this is
         # uvicorn's own backstop, in case anything outlives that.
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout) + 10,

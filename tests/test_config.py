@@ -160,6 +160,11 @@ def test_stream_timeouts() -> None:
     )
     s = load_settings({"SLUICE_STREAM_DEADLINE": "3600", "SLUICE_DRAIN_TIMEOUT": "0"})
     assert (s.stream_deadline, s.drain_timeout) == (3600.0, 0.0)
+    # Idle client connections outlive deploy/nginx.conf's 60 s upstream keep-alive.
+    assert load_settings({}).keep_alive_timeout == 75
+    assert load_settings({"SLUICE_KEEP_ALIVE_TIMEOUT": "2"}).keep_alive_timeout == 2
+    with pytest.raises(ConfigError, match="SLUICE_KEEP_ALIVE_TIMEOUT"):
+        load_settings({"SLUICE_KEEP_ALIVE_TIMEOUT": "0"})
     with pytest.raises(ConfigError, match="SLUICE_GEMINI_HEARTBEAT"):
         load_settings({"SLUICE_GEMINI_HEARTBEAT": "loud"})
     with pytest.raises(ConfigError, match="SLUICE_STREAM_DEADLINE"):

@@ -1113,6 +1113,67 @@ async def test_the_keep_alive_timeout_does_not_close_a_connection_still_receivin
     assert (response.status, response.body) == (401, b"refused")
 
 
+class QuickHeads(H1Protocol):
+    head_timeout = 0.5
+
+
+async def test_a_connection_that_never_sends_a_request_is_closed_after_the_keep_alive_timeout() -> None:
+    async with running(echo, timeout_keep_alive=1) as server:
+        client = await server.connect()
+        opened = time.monotonic()
+        assert await client.closed(timeout=3) == b""  # no answer: there was no request
+
+    assert 0.8 < time.monotonic() - opened < 3
+
+
+async def test_a_request_head_trickled_in_past_the_head_timeout_gets_408() -> None:
+    async with running(echo, http=QuickHeads, timeout_keep_alive=5, errors_expected=True) as server:
+        quick, slow = await server.connect(), await server.connect()
+        # In time: its first byte, a pause shorter than the head timeout, the rest.
+        wire = http_request("GET", "/in-time")
+        await quick.send(wire[:1])
+        await asyncio.sleep(0.3)
+        await quick.send(wire[1:])
+        assert (await quick.response()).body == b"/in-time "
+        # Too slow: a byte every 0.1 s, well within the keep-alive timeout each time.
+        wire = http_request("GET", "/slow", "X-Padding: " + "p" * 40)
+
+        async def trickle() -> None:
+            with contextlib.suppress(ConnectionError):
+                for byte in wire[:-1]:
+                    await slow.send(bytes([byte]))
+                    await asyncio.sleep(0.1)
+
+        began = time.monotonic()
+        trickling = asyncio.create_task(trickle())
+        rest = await slow.closed(timeout=3)
+        cut_after = time.monotonic() - began
+        trickling.cancel()
+
+    assert rest.startswith(b"HTTP/1.1 408 ")
+    assert 0.4 < cut_after < 2  # head timeout 0.5 s; the whole head would take 7 s
+
+
+async def test_a_head_pipelined_behind_an_answer_under_way_is_not_timed_out_meanwhile() -> None:
+    """Cutting it would cut the answer in progress too."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["path"] == "/slow":
+            await asyncio.sleep(1.5)  # three head timeouts
+        await respond(send, scope["path"].encode())
+
+    async with running(app, http=QuickHeads, timeout_keep_alive=5) as server:
+        client = await server.connect()
+        second = http_request("GET", "/second")
+        await client.send(http_request("GET", "/slow") + second[:10])  # the next head, begun
+        await asyncio.sleep(1.0)  # past its head timeout, while /slow is being answered
+        await client.send(second[10:])
+        first = await client.response()
+        after = await client.response()
+
+    assert (first.body, after.body) == (b"/slow", b"/second")
+
+
 # 10. Graceful shutdown.
 
 
