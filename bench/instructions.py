@@ -5,7 +5,7 @@
 Wall-clock and CPU-time figures on a shared 2-core VM swing by 30 % between
 runs, which hides any change smaller than that. Counting the instructions
 Sluice executes per small JSON request (under valgrind's callgrind, after a
-warm-up, on one keep-alive connection) repeats to within 0.1 %, so a change of
+warm-up, on one keep-alive connection) repeats to within about 0.5 %, so a change of
 a few percent shows. Each TREE is a Sluice checkout (default: this one), e.g.
 a ``git worktree`` of the commit to compare against. ``make bench-instructions``.
 
