@@ -58,3 +58,5 @@ def test_a_field_a_custom_layer_filled_with_a_non_string_still_makes_valid_json(
     ctx.detail = {"why": "custom"}  # type: ignore[assignment]
     record = json.loads(log_line(ctx, ctx.started))
     assert (record["model"], record["detail"]) == (5, {"why": "custom"})
+    ctx.model, ctx.status = "gpt", "teapot"  # type: ignore[assignment]
+    assert json.loads(log_line(ctx, ctx.started))["status"] == "teapot"

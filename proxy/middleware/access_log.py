@@ -153,12 +153,12 @@ def log_line(ctx: RequestContext, now: float) -> str:
     """
     try:
         return _line(ctx, now)
-    except TypeError:  # a custom layer stored a non-string where a string goes
+    except (TypeError, ValueError):  # a custom layer stored a value of another type
         return _ENCODER.encode(log_record(ctx, now))
 
 
 def _line(ctx: RequestContext, now: float) -> str:
-    q = encode_basestring  # raises TypeError for anything but a str
+    q = encode_basestring  # raises TypeError for anything but a str; int() for "abc" ValueError
     usage, key, provider, model = ctx.usage, ctx.key_name, ctx.provider, ctx.model
     detail, upstream_id, credential, client = ctx.detail, ctx.upstream_request_id, ctx.credential, ctx.client
     status, ttfb = ctx.status, ctx.ttfb
