@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 
 from .base import WINDOW_SECONDS, Decision, LimitKind, Limits
@@ -132,7 +132,7 @@ class _Window:
 class MemoryLimiter:
     """The :class:`~proxy.limits.base.Limiter` for a single process.
 
-    Plain dicts and no locks: everything runs on one event loop and
+    Dicts and no locks: everything runs on one event loop and
     :meth:`admit` never awaits between checking and taking, so it is atomic.
     ``clock`` is injectable so tests can move time; ``window`` exists so they
     can shorten it, and it is the same code path.
@@ -141,8 +141,8 @@ class MemoryLimiter:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, window: int = WINDOW_SECONDS) -> None:
         self._clock = clock
         self._window = window
-        self._rpm: dict[str, _Window] = {}
-        self._tpm: dict[str, _Window] = {}
+        self._rpm: defaultdict[str, _Window] = defaultdict(_Window)
+        self._tpm: defaultdict[str, _Window] = defaultdict(_Window)
         self._leases: dict[str, set[str]] = {}
         self._next_sweep = clock() + _SWEEP_EVERY
 
@@ -160,9 +160,7 @@ class MemoryLimiter:
         if limits.concurrency is not None:
             allowed = held < limits.concurrency
         if limits.rpm is not None:
-            window = self._rpm.get(key)
-            if window is None:
-                window = self._rpm[key] = _Window()
+            window = self._rpm[key]
             used = window.prune(now, w)
             if used + 1 > limits.rpm:
                 allowed = False
@@ -171,9 +169,7 @@ class MemoryLimiter:
                 # Oldest counted bucket once this request is counted.
                 rpm = (used, window.oldest(math.floor(now)) + w - now)
         if limits.tpm is not None:
-            window = self._tpm.get(key)
-            if window is None:
-                window = self._tpm[key] = _Window()
+            window = self._tpm[key]
             used = window.prune(now, w)
             if used >= limits.tpm:
                 allowed = False
@@ -201,10 +197,7 @@ class MemoryLimiter:
     async def charge_tokens(self, key: str, tokens: int) -> None:
         if tokens <= 0:
             return
-        window = self._tpm.get(key)
-        if window is None:
-            window = self._tpm[key] = _Window()
-        window.add(math.floor(self._clock()), tokens)
+        self._tpm[key].add(math.floor(self._clock()), tokens)
 
     async def ping(self) -> bool:
         return True
@@ -218,5 +211,5 @@ class MemoryLimiter:
         self._next_sweep = now + _SWEEP_EVERY
         for table in (self._rpm, self._tpm):
             for key in list(table):
-                if not table[key].prune(now, self._window) and not table[key].buckets:
+                if not table[key].prune(now, self._window):  # nothing counted: no bucket left
                     del table[key]
