@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -243,3 +244,12 @@ def test_vertex_is_for_gemini_only(tmp_path: Path) -> None:
     config.write_text('[[providers.openai.credentials]]\ntype = "vertex"\nservice_account_file = "x"\n')
     with pytest.raises(ConfigError, match="gemini provider only"):
         load_settings({"SLUICE_CONFIG": str(config)})
+
+
+def test_every_setting_sluice_reads_is_in_the_readme() -> None:
+    root = Path(__file__).resolve().parent.parent
+    source = "".join(path.read_text() for path in (root / "proxy").rglob("*.py"))
+    names = set(re.findall(r'"(SLUICE_[A-Z0-9_]+)"', source))
+    assert "SLUICE_KEEP_ALIVE_TIMEOUT" in names  # the pattern finds what config.py reads
+    readme = (root / "README.md").read_text()
+    assert sorted(n for n in names if f"| `{n}` |" not in readme) == []  # a row of a settings table
