@@ -70,7 +70,7 @@ class UsageTap:
         self._body: bytearray | None = None
         self._scanner: SseScanner | None = None
         self._doc_usage = _DOC_USAGE[provider]
-        self._on_event: Callable[[SseEvent], None] = getattr(self, f"_{provider}_event")
+        self._provider = provider  # which of the _<provider>_event methods reads its events
         self._model_key = _MODEL_KEYS[provider]
         self._needle = _NEEDLES[provider]  # in every event that can carry usage
         self._model_tries = 2  # events parsed only to learn the model name
@@ -85,7 +85,7 @@ class UsageTap:
             self._take = self._take_sse
         elif kind == "json":
             self._body = bytearray()
-        if kind is not None:
+        if kind is not None and content_encoding:
             try:
                 self._decode = _decoder(content_encoding, self._take_decoded)
             except _GiveUp:
@@ -167,7 +167,7 @@ class UsageTap:
         # One substring scan skips the token events, which are nearly all.
         # rfind: where usage appears it is near the end, so a hit costs less.
         if event.data.rfind(self._needle) >= 0:
-            self._on_event(event)
+            _EVENT_READERS[self._provider](self, event)
         if self.model is None and self._model_tries and self._model_key in event.data:
             self._model_tries -= 1
             self._read_model(_loads(event.data))
@@ -209,6 +209,15 @@ class UsageTap:
                 if isinstance(name, str) and name:
                     self.model = name
                     return
+
+
+# The event reader per provider, looked up when an event may carry usage
+# rather than bound (f-string and getattr) for every response.
+_EVENT_READERS: dict[str, Callable[[UsageTap, SseEvent], None]] = {
+    "openai": UsageTap._openai_event,
+    "gemini": UsageTap._gemini_event,
+    "anthropic": UsageTap._anthropic_event,
+}
 
 
 # ----------------------------------------------------------- usage shapes
