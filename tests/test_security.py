@@ -100,10 +100,11 @@ def _all_text(response: RawResponse) -> bytes:
     return response.head + response.body
 
 
-async def test_server_held_keys_never_leave(
-    sluice: SluiceProcess, mock: MockHandle, sluice_factory: SluiceFactory
-) -> None:
+async def test_server_held_keys_never_leave(mock: MockHandle, sluice_factory: SluiceFactory) -> None:
     """Every path through Sluice, error paths included: no canary in any response or log line."""
+    # Its own Sluice: the refusals below cool its credentials, which must not
+    # leak into tests sharing the session's Sluice (its readiness says "cooling").
+    sluice = sluice_factory(**upstream_env(mock))
     json_headers = {"content-type": "application/json"}
     openai = {**json_headers, "authorization": f"Bearer {CLIENT_KEY}"}
     anthropic = {**json_headers, "x-api-key": CLIENT_KEY, "anthropic-version": "2023-06-01"}
