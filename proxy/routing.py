@@ -9,6 +9,7 @@ that comes from configuration, so no request can choose the upstream host.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
@@ -37,6 +38,11 @@ MAX_PATH_BYTES = 4096
 _FORBIDDEN_DECODED = frozenset(b"./\\@%") | frozenset(range(0x20)) | {0x7F}
 _ALLOWED_RAW = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:/%")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+# The paths SDKs send, accepted in one regex match: non-empty segments of
+# allowed bytes, none beginning with "." (so no "." or ".." segment, with or
+# without ";"), no "%" escape, an optional trailing "/". Anything else takes
+# the checks one by one, which say what is wrong with it.
+_PLAIN_PATH = re.compile(rb"(?:/[A-Za-z0-9\-_~!$&'()*+,;=:][A-Za-z0-9\-._~!$&'()*+,;=:]*)+/?")
 
 
 class BadPath(ValueError):
@@ -57,6 +63,12 @@ def validate_path(raw_path: bytes) -> None:
         raise BadPath("the request target must be a path starting with '/'")
     if len(raw_path) > MAX_PATH_BYTES:
         raise BadPath(f"the path is longer than {MAX_PATH_BYTES} bytes")
+    if not _PLAIN_PATH.fullmatch(raw_path):
+        _check_one_by_one(raw_path)
+
+
+def _check_one_by_one(raw_path: bytes) -> None:
+    """The rules a plain path satisfies, each with its own message (``_PLAIN_PATH`` implies them all)."""
     if not _ALLOWED_RAW.issuperset(raw_path):
         raise BadPath("the path contains characters that are not allowed (controls, '\\', '@', spaces)")
     _check_escapes(raw_path)
@@ -139,10 +151,12 @@ def _provider_for_v1(
         return "anthropic"
     if head in VERTEX_V1:
         return "gemini"
-    names = {name for name, _ in headers}
-    if b"anthropic-version" in names:
-        return "anthropic"
-    if b"x-goog-api-key" in names or query_has_key(query_string):
+    goog = False
+    for name, _ in headers:  # one pass, no set: this runs for every un-prefixed /v1 request
+        if name == b"anthropic-version":
+            return "anthropic"
+        goog = goog or name == b"x-goog-api-key"
+    if goog or query_has_key(query_string):
         return "gemini"
     return "openai"
 

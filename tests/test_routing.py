@@ -9,7 +9,9 @@ from proxy.credentials import CredentialSpec
 from proxy.h1client import Origin
 from proxy.pool import Credential
 from proxy.routing import (
+    _PLAIN_PATH,
     BadPath,
+    _check_one_by_one,
     guess_provider,
     resolve,
     strip_query_credentials,
@@ -184,3 +186,29 @@ def test_no_accepted_path_changes_the_upstream_origin(parts: list[str], query: b
     assert (url.scheme, url.host, url.port) == ("http", "127.0.0.1", 9000)
     assert url.raw_path.startswith("/base/")
     assert "key" not in url.query
+
+
+# Bytes around every rule's edge: separators, dots, escapes, what may start a segment.
+_EDGE_BYTES = st.sampled_from(
+    [b"/", b".", b"..", b";", b"%", b"%2e", b"a", b"Z", b"9", b"-", b"~", b":", b"@", b"\\", b" "]
+)
+
+
+@given(pieces=st.lists(_EDGE_BYTES | st.binary(max_size=3), max_size=16))
+def test_the_plain_path_pattern_accepts_nothing_the_rules_refuse(pieces: list[bytes]) -> None:
+    """validate_path's one-regex fast path must be a strict subset of the rules checked one by one."""
+    raw = b"/" + b"".join(pieces)
+    if _PLAIN_PATH.fullmatch(raw):
+        _check_one_by_one(raw)  # must not raise
+
+
+@pytest.mark.parametrize("path", GOOD_PATHS)
+def test_the_plain_path_pattern_takes_the_common_paths(path: bytes) -> None:
+    assert _PLAIN_PATH.fullmatch(path) or b"%" in path  # escapes go the long way, on purpose
+
+
+def test_anthropic_version_wins_over_a_gemini_key_whatever_the_header_order() -> None:
+    both = [*GEMINI, *ANTHROPIC]
+    assert resolve(b"/v1/models", both, b"") == resolve(b"/v1/models", both[::-1], b"")
+    route = resolve(b"/v1/models", both, b"")
+    assert route is not None and route.provider == "anthropic"
