@@ -9,10 +9,13 @@ from pathlib import Path
 
 
 def read_lines(*paths: Path) -> list[dict[str, object]]:
+    """Every complete line: one still being written (no newline yet) is left for the next read."""
     lines: list[dict[str, object]] = []
     for path in paths:
         if path.exists():
-            lines += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            text = path.read_text()
+            complete = text[: text.rfind("\n") + 1]
+            lines += [json.loads(line) for line in complete.splitlines() if line.strip()]
     return lines
 
 

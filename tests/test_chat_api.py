@@ -19,6 +19,7 @@ from proxy.config import ConfigError, load_settings
 from proxy.keys import create_key
 from proxy.limits import Limits
 from proxy.mock import MockHandle
+from tests.accesslog import read_lines
 from tests.chat_helpers import MESSAGES, MODELS, Event, SseReader, assert_valid, chat_stream, kinds, text_of
 from tests.conftest import CANARIES, CANARY_KEYS, SluiceFactory, SluiceProcess, upstream_env
 from tests.helpers import dead_upstream_sluice, mock_input_tokens, text
@@ -360,7 +361,7 @@ class Keyed:
         return httpx.AsyncClient(base_url=self.sluice.url, timeout=10, headers=headers)
 
     def log_lines(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line.strip()]
+        return read_lines(self.access_log)
 
     async def last_line(self, **match: object) -> dict[str, object]:
         """The last access-log line with these fields (lines are written when requests end)."""
