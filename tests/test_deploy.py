@@ -161,8 +161,12 @@ def test_sdks_through_nginx_receive_tokens_as_the_mock_paced_them(deployment: De
             arrivals.append(time.monotonic())
             text += chunk.choices[0].delta.content
     assert text == "".join(mock_tokens(10))
-    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
-    assert all(0.05 < gap < 0.2 for gap in gaps), f"gaps not like the mock's 100 ms: {gaps}"
+    gaps = sorted(b - a for a, b in itertools.pairwise(arrivals))
+    # Paced, not batched: gaps around the mock's 100 ms. One stall of this VM
+    # (tens of ms, anywhere on the path) makes one gap long and the next one
+    # short, so one short gap is allowed; buffering would make most of them short.
+    assert 0.08 < gaps[len(gaps) // 2] < 0.15, f"gaps not like the mock's 100 ms: {gaps}"
+    assert sum(gap < 0.05 for gap in gaps) <= 1 and gaps[-1] < 0.3, f"batched or stalled: {gaps}"
     assert gaps[-1] > 0.05, "the last tokens came in a burst"
 
     an = anthropic.Anthropic(
