@@ -530,8 +530,7 @@ class _Cycle:
         # Whatever was written goes out, then the connection ends: a client
         # never mistakes a failed answer for a complete one.
         self.complete = True
-        if self.head is not None:
-            self._write_now(b"")
+        self._write_now(b"")  # a head still held back
         self.transport.close()
 
     def _write_now(self, data: bytes) -> None:
@@ -542,8 +541,8 @@ class _Cycle:
             self.transport.write(data)
 
     def _flush_head(self) -> None:
-        if self.head is not None and not self.transport.is_closing():
-            self._write_now(b"")
+        if not self.transport.is_closing():
+            self._write_now(b"")  # nothing when the first body piece took the head along
 
     # -------------------------------------------------------------- receive
     async def receive(self) -> Message:
