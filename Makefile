@@ -9,7 +9,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8000
 ARGS   ?=
 
-.PHONY: run test lint typecheck unit clean system-deps bench bench-instructions
+.PHONY: run test lint typecheck unit clean system-deps build-deps native bench bench-instructions
 
 # Debian packages the tests run for real, as command:package pairs: a Redis
 # server, nginx, openssl (test certificates) and systemd-analyze (checks the
@@ -21,31 +21,64 @@ SYSTEM_PACKAGES := redis-server:redis-server nginx:nginx openssl:openssl systemd
 $(VENV)/.run-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	SLUICE_PURE_PYTHON=1 $(BIN)/pip install --quiet -e '.[native]'
 	touch $@
 
 # Runtime plus the official SDKs, pytest and the linters.
 $(VENV)/.test-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	SLUICE_PURE_PYTHON=1 $(BIN)/pip install --quiet -e '.[test,native]'
 	touch $@ $(VENV)/.run-installed
 
 # Runtime plus what the benchmark suite needs (matplotlib for its charts, py-spy).
 $(VENV)/.bench-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[bench]'
+	SLUICE_PURE_PYTHON=1 $(BIN)/pip install --quiet -e '.[bench,native]'
 	touch $@ $(VENV)/.run-installed
+
+# The request path compiled by mypyc (setup.py), built in place beside the
+# sources (proxy/*.so, not committed) and rebuilt whenever a source changes.
+# The editable installs above skip it (SLUICE_PURE_PYTHON=1) so that it is
+# built once, here, with the venv's mypyc. A C compiler and Python's headers
+# are installed when missing. About 20 seconds.
+NATIVE := build/.native-built
+PY_SOURCES := $(shell find proxy -name '*.py')
+$(NATIVE): $(VENV)/.run-installed setup.py $(PY_SOURCES)
+	@$(MAKE) --no-print-directory build-deps
+	@mkdir -p build
+	@echo "compiling the request path with mypyc (build/native.log)"
+	@# Extensions of modules no longer listed in setup.py would shadow their .py.
+	@find proxy -name '*.so' -delete
+	@$(BIN)/python setup.py build_ext --inplace --build-temp build/inplace >build/native.log 2>&1 \
+	  || { tail -30 build/native.log; exit 1; }
+	@# setuptools copies an unchanged extension with its old time; proxy/native.py
+	@# compares times to spot a stale build, so mark them all as built now.
+	@find proxy -name '*.so' -exec touch {} +
+	@touch $@
+
+native: $(NATIVE)
+
+build-deps:
+	@missing=""; command -v cc >/dev/null 2>&1 || missing="gcc"; \
+	$(PYTHON) -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+	  || missing="$$missing python3-dev"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
 
 # With no provider key configured (environment or .env), Sluice fronts its
 # built-in mock provider so the demo streams tokens without any account.
-run: $(VENV)/.run-installed
+run: $(VENV)/.run-installed $(NATIVE)
 	$(BIN)/sluice serve --host $(HOST) --port $(PORT) --mock-if-unconfigured $(ARGS)
 
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check proxy tests examples bench
-	$(BIN)/ruff format --check proxy tests examples bench
+	$(BIN)/ruff check proxy tests examples bench setup.py
+	$(BIN)/ruff format --check proxy tests examples bench setup.py
 
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy
@@ -60,8 +93,14 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-unit: $(VENV)/.test-installed system-deps
+# The whole suite runs the compiled modules, as production does; the tests of
+# those modules run once more interpreted (SLUICE_PURE_PYTHON=1), the build
+# without a compiler.
+PURE_TESTS := tests/test_headers.py tests/test_routing.py tests/test_usage.py tests/test_sse.py \
+	tests/test_keys.py tests/test_forwarded.py tests/test_native.py
+unit: $(VENV)/.test-installed system-deps $(NATIVE)
 	$(BIN)/pytest -q
+	SLUICE_PURE_PYTHON=1 $(BIN)/pytest -q $(PURE_TESTS)
 
 test: lint typecheck unit
 
@@ -69,15 +108,16 @@ test: lint typecheck unit
 # bench/run.py). Results land in bench/results/. About 5 minutes on 2 cores
 # (bounded below 10 on a busy machine); `make bench BENCH_ARGS=--quick`, about 2.
 BENCH_ARGS ?=
-bench: $(VENV)/.bench-installed system-deps
+bench: $(VENV)/.bench-installed system-deps $(NATIVE)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # Instructions per request under callgrind: an A/B that machine noise cannot
 # move (bench/instructions.py). Compare trees: BENCH_ARGS="/path/to/worktree ."
-bench-instructions: $(VENV)/.bench-installed system-deps
+bench-instructions: $(VENV)/.bench-installed system-deps $(NATIVE)
 	@command -v valgrind >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends valgrind; }
 	$(BIN)/python -m bench.instructions $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find proxy -name "*.so" -delete
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis

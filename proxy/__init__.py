@@ -5,3 +5,6 @@ The public entry points are ``proxy.app.create_app`` (an ASGI app built from
 """
 
 __version__ = "0.1.0"
+
+# Before anything imports a compiled module: decides whether to use them.
+from . import native as native
