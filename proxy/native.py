@@ -31,34 +31,35 @@ PACKAGE = Path(__file__).resolve().parent
 # A checkout has setup.py beside the package; an installed wheel does not (its
 # files' times are when pip wrote them, and say nothing about staleness).
 CHECKOUT = (PACKAGE.parent / "setup.py").is_file()
-SHARED_LIB = "_native__mypyc"  # mypyc's runtime for the group (setup.py's group_name)
+# Longest first: ".so" also ends "x.cpython-311-x86_64-linux-gnu.so".
+_SUFFIXES = sorted(importlib.machinery.EXTENSION_SUFFIXES, key=len, reverse=True)
 
 
-def _extensions() -> dict[str, Path]:
-    """Compiled module name -> the ``.py`` it was built from."""
-    found: dict[str, Path] = {}
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        for ext in PACKAGE.rglob(f"*{suffix}"):
-            stem = ext.name[: -len(suffix)]
-            source = ext.with_name(stem + ".py")
-            if stem != SHARED_LIB and source.is_file():
-                parts = ext.parent.relative_to(PACKAGE.parent).parts
-                found[".".join((*parts, stem))] = source
+def _extensions() -> dict[str, tuple[Path, Path]]:
+    """Compiled module name -> (its extension, the ``.py`` it was built from).
+
+    One walk of the package, at every start-up of every worker. mypyc's
+    runtime library (``_native__mypyc``) has no ``.py`` and is left out.
+    """
+    found: dict[str, tuple[Path, Path]] = {}
+    for path in PACKAGE.rglob("*"):
+        suffix = next((s for s in _SUFFIXES if path.name.endswith(s)), None)
+        if suffix is None:
+            continue
+        stem = path.name[: -len(suffix)]
+        source = path.with_name(stem + ".py")
+        if source.is_file():
+            found[".".join((*path.parent.relative_to(PACKAGE.parent).parts, stem))] = (path, source)
     return found
 
 
-def _stale(modules: dict[str, Path]) -> list[str]:
+def _stale(modules: dict[str, tuple[Path, Path]]) -> list[str]:
     """Sources under ``proxy/`` changed since the oldest extension was built.
 
     Any source, not only the compiled ones': mypyc compiles against the types
     of the modules a compiled one imports.
     """
-    built = min(
-        (p.stat().st_mtime for s in importlib.machinery.EXTENSION_SUFFIXES for p in PACKAGE.rglob(f"*{s}")),
-        default=None,
-    )
-    if built is None:
-        return []
+    built = min(extension.stat().st_mtime for extension, _ in modules.values())
     return sorted(
         str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*.py") if p.stat().st_mtime > built
     )
@@ -67,8 +68,8 @@ def _stale(modules: dict[str, Path]) -> list[str]:
 class _Interpreted(importlib.abc.MetaPathFinder):
     """Imports the listed modules from their ``.py`` files, ahead of their extensions."""
 
-    def __init__(self, sources: dict[str, Path]) -> None:
-        self.sources = sources
+    def __init__(self, modules: dict[str, tuple[Path, Path]]) -> None:
+        self.sources = {name: source for name, (_, source) in modules.items()}
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
@@ -81,10 +82,8 @@ def _choose() -> bool:
     modules = _extensions()
     if not modules:
         return False
-    if os.environ.get("SLUICE_PURE_PYTHON", "") not in ("", "0"):
-        sys.meta_path.insert(0, _Interpreted(modules))
-        return False
-    stale = _stale(modules) if CHECKOUT else []
+    refused = os.environ.get("SLUICE_PURE_PYTHON", "") not in ("", "0")
+    stale = _stale(modules) if CHECKOUT and not refused else []
     if stale:
         warnings.warn(
             f"{', '.join(stale[:3])}{' …' if len(stale) > 3 else ''} changed since the compiled modules "
@@ -92,6 +91,7 @@ def _choose() -> bool:
             RuntimeWarning,
             stacklevel=3,
         )
+    if refused or stale:
         sys.meta_path.insert(0, _Interpreted(modules))
         return False
     return True
