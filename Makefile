@@ -17,6 +17,11 @@ ARGS   ?=
 # the tests fail rather than skip under CI.
 SYSTEM_PACKAGES := redis-server:redis-server nginx:nginx openssl:openssl systemd-analyze:systemd chromium:chromium
 
+# apt-get install of the packages that follow it in a recipe's shell line, as
+# root or through sudo.
+APT_INSTALL = SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -qq \
+	&& DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends
+
 # Runtime dependencies only.
 $(VENV)/.run-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,9 +71,7 @@ build-deps:
 	  || missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	  $(APT_INSTALL) $$missing; \
 	fi
 
 # With no provider key configured (environment or .env), Sluice fronts its
@@ -88,9 +91,7 @@ system-deps:
 	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair#*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	  $(APT_INSTALL) $$missing; \
 	fi
 
 # The whole suite runs the compiled modules, as production does; the tests of
@@ -114,8 +115,7 @@ bench: $(VENV)/.bench-installed system-deps $(NATIVE)
 # Instructions per request under callgrind: an A/B that machine noise cannot
 # move (bench/instructions.py). Compare trees: BENCH_ARGS="/path/to/worktree ."
 bench-instructions: $(VENV)/.bench-installed system-deps $(NATIVE)
-	@command -v valgrind >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends valgrind; }
+	@command -v valgrind >/dev/null 2>&1 || { $(APT_INSTALL) valgrind; }
 	$(BIN)/python -m bench.instructions $(BENCH_ARGS)
 
 clean:
