@@ -17,6 +17,7 @@ from uvicorn.supervisors import Multiprocess
 
 from .app import SluiceApp, create_app
 from .config import Settings
+from .eventloop import UVICORN_LOOP
 from .h1server import H1Protocol
 
 
@@ -66,7 +67,7 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         app=functools.partial(worker_app, settings),
         factory=True,
         http=H1Protocol,
-        loop="uvloop",
+        loop=UVICORN_LOOP,  # uvloop, with one change (eventloop.py)
         lifespan="on",
         workers=settings.workers,
         # uvicorn's access log prints query strings, and Gemini clients may put

@@ -27,8 +27,10 @@ from typing import Any
 
 import pytest
 import uvicorn
+import uvloop
 import websockets.asyncio.client
 
+from proxy.eventloop import UVICORN_LOOP, Loop
 from proxy.h1server import MAX_HEAD_BYTES, H1Protocol
 from tests.rawhttp import RawConnection, RawResponse
 
@@ -1261,7 +1263,7 @@ async def test_a_websocket_accepted_by_the_app_exchanges_messages() -> None:
 
 def test_under_uvloop_as_in_production() -> None:
     """Framing, pipelining and both directions of flow control, on uvloop's own transports."""
-    loops: list[str] = []
+    loops: list[type] = []
     streamed = 0
 
     def digest(data: bytes) -> bytes:
@@ -1269,7 +1271,7 @@ def test_under_uvloop_as_in_production() -> None:
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         nonlocal streamed
-        loops.append(type(asyncio.get_running_loop()).__module__)
+        loops.append(type(asyncio.get_running_loop()))
         body = body_of(await receive_all(receive))
         await send({"type": "http.response.start", "status": 200, "headers": []})
         if scope["path"] == "/stream":
@@ -1282,7 +1284,7 @@ def test_under_uvloop_as_in_production() -> None:
         await send({"type": "http.response.body", "body": digest(body)})
 
     sock = listening_socket(small_buffers=True)
-    server = uvicorn.Server(config(app, loop="uvloop"))
+    server = uvicorn.Server(config(app, loop=UVICORN_LOOP))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
 
     async def drive() -> None:
@@ -1331,5 +1333,5 @@ def test_under_uvloop_as_in_production() -> None:
             thread.join(5)
             sock.close()
     assert not thread.is_alive()
-    assert set(loops) == {"uvloop"}
+    assert set(loops) == {Loop} and issubclass(Loop, uvloop.Loop)
     assert not errors.records, [errors.format(record) for record in errors.records]
