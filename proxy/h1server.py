@@ -115,15 +115,17 @@ def _simple_response(status: int, text: str) -> bytes:
 class H1Protocol(asyncio.Protocol):
     """One client connection: parses requests, runs the app for each, writes its answers."""
 
-    head_timeout = HEAD_TIMEOUT
-
     def __init__(
         self,
         config: Config,
         server_state: ServerState,
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
+        head_timeout: float = HEAD_TIMEOUT,
     ) -> None:
+        # A constructor argument rather than a class attribute to override:
+        # compiled (mypyc) code reads its own attribute, never a subclass's.
+        self.head_timeout = head_timeout
         if not config.loaded:
             config.load()
         self.config = config

@@ -247,7 +247,7 @@ class _Exchange:
         if declared is None or declared > self.owner.settings.retry_body_limit or not retries_possible:
             # Streamed through with the client's Content-Length (or chunked
             # without one), and so never sent twice (README).
-            return self._stream_body(body), False
+            return _Upload(self, body), False
         # Small enough to keep for a retry: read it whole first.
         parts = [body]
         while True:
@@ -421,23 +421,6 @@ class _Exchange:
             f"The {self.route.provider} upstream refused Sluice's credentials ({detail}).",
         )
 
-    async def _stream_body(self, first: bytes) -> AsyncIterator[bytes]:
-        """Yield the request body as the server receives it; the client writes each piece upstream."""
-        if first:
-            yield first
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                self._client_left()
-                raise ConnectionAbortedError("client disconnected during the upload")
-            chunk: bytes = message.get("body", b"")
-            if chunk:
-                self.ctx.bytes_in += len(chunk)
-                yield chunk
-            if not message.get("more_body", False):
-                break
-        self._watch_for_disconnect()
-
     def _watch_for_disconnect(self) -> None:
         # The watcher is a task; one that answers within WATCH_DELAY never
         # needs it, and a disconnect is still seen when it starts (the server
@@ -466,3 +449,40 @@ class _Exchange:
         self.client_gone = True
         if self.task is not None and not self.task.done():
             self.task.cancel()
+
+
+class _Upload:
+    """The request body as the server receives it; the client writes each piece upstream.
+
+    An iterator class, not an async generator: mypyc compiles this module
+    (README, "Compiled modules") and cannot compile async generators.
+    """
+
+    __slots__ = ("done", "exchange", "first")
+
+    def __init__(self, exchange: _Exchange, first: bytes) -> None:
+        self.exchange = exchange
+        self.first = first
+        self.done = False
+
+    def __aiter__(self) -> _Upload:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.first:
+            first, self.first = self.first, b""
+            return first
+        exchange = self.exchange
+        while not self.done:
+            message = await exchange.receive()
+            if message["type"] == "http.disconnect":
+                exchange._client_left()
+                raise ConnectionAbortedError("client disconnected during the upload")
+            chunk: bytes = message.get("body", b"")
+            exchange.ctx.bytes_in += len(chunk)
+            if not message.get("more_body", False):
+                self.done = True
+                exchange._watch_for_disconnect()
+            if chunk:
+                return chunk
+        raise StopAsyncIteration

@@ -99,7 +99,8 @@ class Credential:
 
     async def auth_header(self) -> tuple[bytes, bytes]:
         if self.token is not None:
-            return b"authorization", b"Bearer " + (await self.token.token()).encode("latin-1")
+            token = await self.token.token()  # its own statement: mypyc cannot compile an await inside `+`
+            return b"authorization", b"Bearer " + token.encode("latin-1")
         return self._key_header
 
 

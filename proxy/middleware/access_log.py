@@ -119,25 +119,28 @@ def _timestamp(wall: float) -> str:
 
 def log_record(ctx: RequestContext, now: float) -> dict[str, Any]:
     """The access-log record for ``ctx``, as a dict; ``now`` ends the duration."""
+    # Read as Any: compiled (README, "Compiled modules"), a read of a typed
+    # field checks its type, and a custom layer may have stored anything.
+    c: Any = ctx
     return {
-        "ts": _timestamp(ctx.started_wall),
-        "request_id": ctx.request_id,
-        "key": ctx.key_name,
-        "provider": ctx.provider,
-        "model": ctx.model,
-        "method": ctx.method,
-        "path": ctx.path,
-        "status": ctx.status,
-        "bytes_in": ctx.bytes_in,
-        "bytes_out": ctx.bytes_out,
-        "ttfb_ms": None if ctx.ttfb is None else round(ctx.ttfb * 1000, 2),
-        "duration_ms": round((now - ctx.started) * 1000, 2),
-        "usage": ctx.usage.as_dict() if ctx.usage is not None else None,
-        "outcome": ctx.outcome,
-        "detail": ctx.detail,
-        "upstream_request_id": ctx.upstream_request_id,
-        "credential": ctx.credential,
-        "client": ctx.client,
+        "ts": _timestamp(c.started_wall),
+        "request_id": c.request_id,
+        "key": c.key_name,
+        "provider": c.provider,
+        "model": c.model,
+        "method": c.method,
+        "path": c.path,
+        "status": c.status,
+        "bytes_in": c.bytes_in,
+        "bytes_out": c.bytes_out,
+        "ttfb_ms": None if c.ttfb is None else round(c.ttfb * 1000, 2),
+        "duration_ms": round((now - c.started) * 1000, 2),
+        "usage": c.usage.as_dict() if c.usage is not None else None,
+        "outcome": c.outcome,
+        "detail": c.detail,
+        "upstream_request_id": c.upstream_request_id,
+        "credential": c.credential,
+        "client": c.client,
     }
 
 
