@@ -52,7 +52,7 @@ class RateLimit:
             await self.app(scope, receive, send)
             return
         # Unique across processes (the request id may come from the client).
-        lease = f"{_LEASE_PREFIX}{next(_LEASE_COUNTER):x}"
+        lease = _LEASE_PREFIX + format(next(_LEASE_COUNTER), "x")  # no f-string spec: see access_log._line
         try:
             decision = await self.limiter.admit(key.name, key.limits, lease)
         except LimiterUnavailable as exc:
