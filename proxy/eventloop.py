@@ -9,7 +9,7 @@ when they start while an exception is being handled.
   Python code that catches an exception of its own. On 3.11 that leaves
   ``None`` in the coroutine's exception slot, which Cython's generated code
   then reads as an exception and dereferences. The process dies with SIGSEGV.
-  (Python 3.12 stores NULL there instead; Cython checks only for NULL.)
+  (Cython checks only for NULL. Later Pythons were not tried here.)
 - Interpreted code rarely meets this: the frame handling the exception holds
   it until the block ends. mypyc-compiled coroutines (README, "Compiled
   modules") meet it as soon as a failure is delivered into them: they treat
