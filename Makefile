@@ -47,7 +47,7 @@ $(VENV)/.bench-installed: pyproject.toml
 # sources (proxy/*.so, not committed) and rebuilt whenever a source changes.
 # The editable installs above skip it (SLUICE_PURE_PYTHON=1) so that it is
 # built once, here, with the venv's mypyc. A C compiler and Python's headers
-# are installed when missing. About 20 seconds.
+# are installed when missing. About a minute and a half on two cores.
 NATIVE := build/.native-built
 PY_SOURCES := $(shell find proxy -name '*.py')
 $(NATIVE): $(VENV)/.run-installed setup.py $(PY_SOURCES)
