@@ -37,6 +37,7 @@ NATIVE_MODULES = [
     "proxy/h1client.py",
     "proxy/h1server.py",
     "proxy/headers.py",
+    "proxy/jsonread.py",
     "proxy/keys.py",
     "proxy/limits/base.py",
     "proxy/limits/headers.py",

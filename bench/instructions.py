@@ -1,6 +1,6 @@
 """Instructions per request, counted by callgrind: an A/B that machine noise cannot move.
 
-    .venv/bin/python -m bench.instructions [--chain] [--requests N] [TREE ...]
+    .venv/bin/python -m bench.instructions [--chain] [--requests N] [--keep DIR] [TREE ...]
 
 Wall-clock and CPU-time figures on a shared 2-core VM swing by 30 % between
 runs, which hides any change smaller than that. Counting the instructions
@@ -8,6 +8,8 @@ Sluice executes per small JSON request (under valgrind's callgrind, after a
 warm-up, on one keep-alive connection) repeats to within about 0.5 %, so a change of
 a few percent shows. Each TREE is a Sluice checkout (default: this one), e.g.
 a ``git worktree`` of the commit to compare against. ``make bench-instructions``.
+``--keep DIR`` keeps the dumps: ``callgrind_annotate --inclusive=yes`` on one
+names the functions the instructions went to.
 
 What it counts is work, not time: a cache-friendly change can be faster than
 its instruction count says, and a system call counts as one instruction.
@@ -75,8 +77,11 @@ def count(tree: Path, upstream_port: int, workdir: Path, chain: bool, requests: 
     finally:
         proc.terminate()
         proc.wait(60)
-    dumps = sorted(workdir.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
-    return _total(dumps[-1]) / requests
+    return _total(_latest_dump(workdir)) / requests
+
+
+def _latest_dump(workdir: Path) -> Path:
+    return max(workdir.glob("callgrind.out.*"), key=lambda p: p.stat().st_mtime)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("trees", nargs="*", type=Path, default=[Path(__file__).resolve().parents[1]])
     parser.add_argument("--chain", action="store_true", help="keys, rate limits and the access log on")
     parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="copy the callgrind dumps here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sluice-icount-") as tmp:
         upstream = paths.start_upstream(Path(tmp))
@@ -94,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                 workdir = Path(tmp) / f"tree{i}"
                 workdir.mkdir()
                 per_request = count(tree.resolve(), upstream.port, workdir, args.chain, args.requests)
+                if args.keep is not None:
+                    args.keep.mkdir(parents=True, exist_ok=True)
+                    name = f"callgrind.tree{i}.chain" if args.chain else f"callgrind.tree{i}"
+                    shutil.copy(_latest_dump(workdir), args.keep / name)
                 print(f"{per_request / 1000:9.1f} k instructions/request  {tree}", flush=True)
         finally:
             upstream.stop()

@@ -37,7 +37,7 @@ from typing import cast
 
 import httptools
 
-from .headers import Headers, header_value
+from .headers import Headers, header_value, line_breaks
 
 HIGH_WATER = 64 * 1024  # buffered body bytes that pause the upstream socket
 IDLE_TIMEOUT = 15.0  # seconds an unused keep-alive connection is kept (aiohttp's default too)
@@ -357,20 +357,22 @@ class _Connection(asyncio.Protocol):
 def _framed(headers: Headers) -> bool:
     """Whether the body's length is known from the headers (else it runs to the close)."""
     for name, value in headers:
-        if name == b"content-length" or (name == b"transfer-encoding" and b"chunked" in value.lower()):
+        if name == b"content-length":
+            return True
+        if name == b"transfer-encoding" and value.lower().find(b"chunked") != -1:
             return True
     return False
 
 
 def _check(head: bytes, lines: int) -> None:
-    """Refuse a request head with a line break inside a line.
+    """Refuse a request head with a line break or control character inside a line.
 
-    The client's header values were parsed by uvicorn, which refuses line
-    breaks; this guards what Sluice adds itself (keys, paths) against
-    splitting the request. Counting is two C-level scans of the whole head.
+    The client's header values were parsed by Sluice's server, which refuses
+    them; this guards what Sluice adds itself (keys, paths) against splitting
+    the request.
     """
-    if head.count(b"\n") != lines or head.count(b"\r") != lines:
-        raise ValueError("line break in an upstream request line or header")
+    if line_breaks(head) != 2 * lines:
+        raise ValueError("line break or control character in an upstream request line or header")
 
 
 def _framing(method: str, body: bytes | AsyncIterator[bytes] | None, length: int | None) -> bytes | None:

@@ -60,7 +60,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.server import ServerState
 
-from .headers import connection_tokens
+from .headers import connection_tokens, line_breaks
 
 __all__ = ["HEAD_TIMEOUT", "MAX_HEAD_BYTES", "H1Protocol"]
 
@@ -80,8 +80,6 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CHUNKED_HEADER = b"transfer-encoding: chunked\r\n"
 _CLOSE_HEADER = b"connection: close\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
-# Control characters other than HTAB, CR and LF; CR and LF are counted instead.
-_BAD_VALUE_BYTES = re.compile(b"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _BAD_NAME = re.compile(b"[^!#$%&'*+\\-.^_`|~0-9A-Za-z]|^$")
 _GOOD_NAMES: set[bytes] = set()  # header names already checked; they repeat on every response
 _GOOD_NAMES_MAX = 4096
@@ -275,8 +273,9 @@ class H1Protocol(asyncio.Protocol):
         if parser.should_upgrade() and self._is_websocket():
             self.websocket = True  # handed over when the parser stops at the upgrade
             return
-        target, _, query = self.url.partition(b"?")
-        if b"#" in target or b"#" in query:
+        url = self.url
+        target, _, query = url.partition(b"?")
+        if url.find(b"#") != -1:  # find, not `in`: see headers.contains
             target, query = target.partition(b"#")[0], query.partition(b"#")[0]
         # An exception here reaches data_received as a parser error: a 400.
         path = target.decode("ascii")
@@ -633,9 +632,7 @@ class _Cycle:
             lines += 1
         parts.append(b"\r\n")
         head = b"".join(parts)
-        # One pass each over the whole head instead of a regex per value: a
-        # CR or LF inside a value would add a line (response splitting).
-        if head.count(b"\n") != lines + 1 or head.count(b"\r") != lines + 1 or _BAD_VALUE_BYTES.search(head):
+        if line_breaks(head) != 2 * (lines + 1):  # the status line, each header, the blank line
             raise RuntimeError("Invalid HTTP header value.")
         self.remaining, self.chunked, self.no_body, self.keep_alive = remaining, chunked, no_body, keep_alive
         self.started = True

@@ -37,7 +37,7 @@ State = Literal["ok", "failed", "cooling"]
 DEFAULT_RETRY_AFTER = 30.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per request, and a frozen __init__ costs 3x
 class Destination:
     """Where one request goes: an origin from configuration, and the request target."""
 

@@ -21,13 +21,13 @@ Guarantees:
 from __future__ import annotations
 
 import importlib
-import json
 import re
 import zlib
 from collections.abc import Callable
 from typing import Any, Literal
 
 from .context import Usage
+from .jsonread import loads
 from .sse import SseEvent, SseScanner
 
 __all__ = ["UsageTap"]
@@ -131,8 +131,7 @@ class UsageTap:
     def _finish(self) -> None:
         if self._body:
             body, self._body = self._body, None
-            # Decoded here, not by json.loads: it would first sniff the encoding.
-            self._read_document(json.loads(body.decode("utf-8")))
+            self._read_document(loads(body))
         if self._pending is not None:
             obj, self._pending = _loads(self._pending), None
             self._read_model(obj)
@@ -168,7 +167,7 @@ class UsageTap:
         # rfind: where usage appears it is near the end, so a hit costs less.
         if event.data.rfind(self._needle) >= 0:
             _EVENT_READERS[self._provider](self, event)
-        if self.model is None and self._model_tries and self._model_key in event.data:
+        if self.model is None and self._model_tries and event.data.find(self._model_key) != -1:
             self._model_tries -= 1
             self._read_model(_loads(event.data))
 
@@ -284,7 +283,7 @@ def _sum(a: int | None, b: int | None) -> int | None:
 
 def _loads(data: bytes) -> object:
     try:
-        return json.loads(data)
+        return loads(data)
     except ValueError:  # a malformed event costs its own usage, not the stream's
         return None
 

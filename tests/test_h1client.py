@@ -988,6 +988,7 @@ async def test_a_response_nobody_asked_for_in_the_same_packet_drops_the_connecti
         pytest.param(b"/", [(b"x-key", b"k\r\nx-injected: 1")], id="crlf-in-value"),
         pytest.param(b"/", [(b"x-key", b"k\r")], id="cr-in-value"),
         pytest.param(b"/", [(b"x-key", b"k\nx-injected: 1")], id="lf-in-value"),
+        pytest.param(b"/", [(b"x-key", b"k\x00")], id="nul-in-value"),
         pytest.param(b"/", [(b"x-key\r\nx-injected", b"1")], id="crlf-in-name"),
     ],
 )

@@ -884,6 +884,8 @@ async def test_a_body_that_does_not_match_content_length_raises_in_the_app(
         pytest.param((b"x-evil", b"a\nset-cookie: pwned=1"), id="lf-in-value"),
         pytest.param((b"x-evil", b"a\rpwned"), id="cr-in-value"),
         pytest.param((b"x-evil", b"a\x00pwned"), id="nul-in-value"),
+        pytest.param((b"x-evil", b"a\x7fpwned"), id="del-in-value"),
+        pytest.param((b"x-evil", b"a\x1bpwned"), id="escape-in-value"),
         pytest.param((b"x-evil: pwned", b"v"), id="colon-in-name"),
         pytest.param((b"x-evil pwned", b"v"), id="space-in-name"),
         pytest.param((b"x-evil\r\npwned", b"v"), id="crlf-in-name"),
@@ -912,6 +914,21 @@ async def test_a_response_header_that_would_break_the_head_raises_and_writes_not
     assert b"text/plain\r\n" not in data  # not even the valid headers before the bad one
     # What may follow instead: nothing, or the server's own 500.
     assert data == b"" or data.startswith(b"HTTP/1.1 500 "), data
+
+
+async def test_tabs_and_bytes_past_ascii_are_allowed_in_a_response_header_value() -> None:
+    """HTAB and obs-text are field content (RFC 9110 §5.5); only other controls are refused."""
+    value = b"a\tb \x80\xff c"
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-text", value)]})
+        await send({"type": "http.response.body", "body": b"hi"})
+
+    async with running(app) as server:
+        client = await server.connect()
+        await client.send(http_request())
+        head = await client.reader.readuntil(b"\r\n\r\n")
+        assert b"\r\nx-text: " + value + b"\r\n" in head
 
 
 async def test_a_refused_response_start_changes_nothing() -> None:

@@ -3,9 +3,24 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.errors import error_body
-from proxy.headers import client_response_headers, upstream_request_headers
+from proxy.headers import client_response_headers, line_breaks, upstream_request_headers
+
+_CONTROLS_BUT_HTAB = {*range(32), 127} - {9}
+
+
+@given(st.binary(max_size=300))
+def test_line_breaks_counts_cr_lf_and_every_control_byte_but_htab(data: bytes) -> None:
+    assert line_breaks(data) == sum(byte in _CONTROLS_BUT_HTAB for byte in data)
+
+
+def test_a_well_formed_head_has_two_line_breaks_per_line() -> None:
+    head = b"HTTP/1.1 200 OK\r\nx-text: a\tb \x80\xff\r\ncontent-length: 2\r\n\r\n"
+    assert line_breaks(head) == 2 * 4
+    assert line_breaks(head.replace(b"a\tb", b"a\rb")) == 2 * 4 + 1
 
 
 def test_request_headers_lose_credentials_hop_by_hop_and_connection_tokens() -> None:

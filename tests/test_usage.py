@@ -448,3 +448,22 @@ def test_events_without_a_model_name_are_not_all_parsed(monkeypatch: pytest.Monk
     tap = run_tap("openai", SSE, joined(fmt.chat_stream(reply(300, model="", include_usage=False))))
     assert tap.finish() is None and tap.model is None
     assert len(parsed) <= 3
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(rb'"half an emoji: \ud83d"', id="lone-surrogate-escape"),
+        pytest.param(b"NaN", id="nan"),
+        pytest.param(b"123456789012345678901234567890", id="integer-past-64-bits"),
+    ],
+)
+def test_a_body_orjson_refuses_still_gives_its_usage(content: bytes) -> None:
+    # Read by json instead (proxy/jsonread.py): the usage is not lost.
+    body = (
+        b'{"model":"gpt-x","choices":[{"message":{"content":' + content + b"}}],"
+        b'"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}'
+    )
+    tap = run_tap("openai", JSON, body)
+    assert tap.finish() == Usage(3, 4, 7)
+    assert tap.model == "gpt-x"

@@ -12,13 +12,13 @@ Both in the provider's own error format, so the SDK raises
 
 from __future__ import annotations
 
-import json
 import logging
 
 from ..asgi import ASGIApp, Receive, Scope, Send
 from ..body import read_body
 from ..context import RequestContext, get_or_create_context
 from ..errors import send_error
+from ..jsonread import loads
 from ..keys import KeyStore
 from ..metrics import Metrics
 from ..routing import query_key
@@ -48,7 +48,7 @@ def presented_key(scope: Scope) -> str | None:
 
 def model_from_json(body: bytes) -> str | None:
     try:
-        document = json.loads(body)
+        document = loads(body)
     except ValueError:
         return None
     model: object = document.get("model") if isinstance(document, dict) else None
