@@ -119,8 +119,8 @@ def _timestamp(wall: float) -> str:
 
 def log_record(ctx: RequestContext, now: float) -> dict[str, Any]:
     """The access-log record for ``ctx``, as a dict; ``now`` ends the duration."""
-    # Read as Any: compiled (README, "Compiled modules"), a read of a typed
-    # field checks its type, and a custom layer may have stored anything.
+    # Read as Any: interpreted, a custom layer may have stored anything in a
+    # field, and compiled code checks the type of every typed read.
     c: Any = ctx
     return {
         "ts": _timestamp(c.started_wall),
@@ -156,7 +156,7 @@ def log_line(ctx: RequestContext, now: float) -> str:
     """
     try:
         return _line(ctx, now)
-    except (TypeError, ValueError):  # a custom layer stored a value of another type
+    except (TypeError, ValueError):  # a custom layer stored a value of another type (interpreted)
         return _ENCODER.encode(log_record(ctx, now))
 
 
