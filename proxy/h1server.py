@@ -595,7 +595,11 @@ class _Cycle:
         # Locals until the head is known to be valid: a refused start changes nothing.
         lines, remaining, chunked, keep_alive = 1, -1, False, self.keep_alive
         framed = close = False
-        for name, value in (*self.conn.server_state.default_headers, *headers):
+        for pair in (*self.conn.server_state.default_headers, *headers):
+            # Typed (ASGI header names and values are bytes): compiled, the
+            # comparisons below are then byte compares, not generic ones.
+            name: bytes = pair[0]
+            value: bytes = pair[1]
             if name not in _GOOD_NAMES:  # a name found there is lower-case already
                 name = name.lower()
                 if name not in _GOOD_NAMES:
@@ -615,7 +619,10 @@ class _Cycle:
                     remaining, chunked, framed = -1, True, True
             elif name == b"connection" and b"close" in connection_tokens(value):
                 keep_alive, close = False, True
-            parts += (name, b": ", value, b"\r\n")
+            parts.append(name)  # four appends: `+=` a tuple builds the tuple first
+            parts.append(b": ")
+            parts.append(value)
+            parts.append(b"\r\n")
             lines += 1
         no_body = status in _BODYLESS_STATUS or status < 200 or self.scope["method"] == "HEAD"
         if no_body:

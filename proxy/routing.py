@@ -50,11 +50,16 @@ class BadPath(ValueError):
 
 
 # Not frozen, though nothing changes one once made: one is built for every
-# request, and a frozen dataclass's __init__ costs an object.__setattr__ per field.
-@dataclass(slots=True)
+# request, and a frozen dataclass's __init__ costs an object.__setattr__ per
+# field. Its own __init__: see context.Usage.
+@dataclass(slots=True, init=False)
 class Route:
     provider: ProviderName
     upstream_path: str  # percent-encoded, starts with "/", appended to the base URL
+
+    def __init__(self, provider: ProviderName, upstream_path: str) -> None:
+        self.provider = provider
+        self.upstream_path = upstream_path
 
 
 def validate_path(raw_path: bytes) -> None:

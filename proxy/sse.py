@@ -29,7 +29,7 @@ _BOM = b"\xef\xbb\xbf"  # the spec drops one UTF-8 BOM at the start of the strea
 _CR, _LF = 13, 10
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)  # its own __init__, one per event: see context.Usage
 class SseEvent:
     """One dispatched event. ``event`` is ``b""`` when the stream named none
     (a browser would call it "message"); ``data`` is its ``data:`` lines joined
@@ -37,6 +37,10 @@ class SseEvent:
 
     event: bytes
     data: bytes
+
+    def __init__(self, event: bytes, data: bytes) -> None:
+        self.event = event
+        self.data = data
 
 
 class SseScanner:

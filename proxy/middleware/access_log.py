@@ -103,6 +103,7 @@ class LogWriter:
 # The timestamp's text up to the second, kept while the second lasts: formatting
 # a datetime for every line costs more than the rest of the record.
 _second: tuple[int, str] = (-1, "")
+_MILLIS = [f"{ms:03d}" for ms in range(1000)]  # ".007": one list index, not a format() call
 
 
 def _timestamp(wall: float) -> str:
@@ -114,7 +115,7 @@ def _timestamp(wall: float) -> str:
         second, micros = second + 1, micros - 1_000_000
     if _second[0] != second:
         _second = (second, datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
-    return f"{_second[1]}.{format(micros // 1000, '03d')}Z"  # no format spec: see _line
+    return f"{_second[1]}.{_MILLIS[micros // 1000]}Z"  # no format spec: see _line
 
 
 def log_record(ctx: RequestContext, now: float) -> dict[str, Any]:
