@@ -2,10 +2,16 @@
 
 orjson reads a small chat completion in about a quarter of the time
 ``json.loads`` takes, which matters once per request (the usage tap reads
-every JSON response; the auth layer reads the request's model). It is
-stricter than ``json``: UTF-8 only, and none of NaN, Infinity, lone surrogate
-escapes or integers past 64 bits. What it refuses goes to ``json.loads``, so
-a document reads exactly as it would with ``json`` alone.
+every JSON response; the auth layer reads the request's model). It refuses
+more than ``json`` does: anything but UTF-8, NaN and Infinity, lone surrogate
+escapes. What it refuses goes to ``json.loads``, so such a document still
+reads as it always did.
+
+One difference stays: an integer outside 64 bits (below -2**63 or above
+2**64 - 1) comes back as a float, where ``json`` gives the exact int. The
+callers read model names and token counts, and the usage tap takes a count
+only when it is a non-negative int: a count of that size reads as unknown,
+not as a wrong number. tests/test_jsonread.py holds the rest to ``json``.
 """
 
 from __future__ import annotations

@@ -455,7 +455,7 @@ def test_events_without_a_model_name_are_not_all_parsed(monkeypatch: pytest.Monk
     [
         pytest.param(rb'"half an emoji: \ud83d"', id="lone-surrogate-escape"),
         pytest.param(b"NaN", id="nan"),
-        pytest.param(b"123456789012345678901234567890", id="integer-past-64-bits"),
+        pytest.param(b"123456789012345678901234567890", id="integer-past-64-bits-elsewhere"),
     ],
 )
 def test_a_body_orjson_refuses_still_gives_its_usage(content: bytes) -> None:
