@@ -104,6 +104,7 @@ class Response:
         "_conn",
         "_eof",
         "_error",
+        "_loop",
         "_waiter",
         "headers",
         "status",
@@ -111,6 +112,7 @@ class Response:
 
     def __init__(self, conn: _Connection, status: int, headers: Headers) -> None:
         self._conn: _Connection | None = conn
+        self._loop = conn.loop
         self.status = status
         self.headers = headers
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -137,7 +139,7 @@ class Response:
                 raise self._error
             if self._eof:
                 return b""
-            loop = asyncio.get_running_loop()
+            loop = self._loop
             waiter = self._waiter = loop.create_future()
             timer = loop.call_at(deadline, _expire, waiter) if deadline is not None else None
             try:
@@ -204,6 +206,10 @@ class _Connection(asyncio.Protocol):
     response: Response | None
 
     def __init__(self, pool: ConnectionPool, origin: Origin) -> None:
+        # Kept: asyncio.get_running_loop() makes a getpid() system call (its
+        # fork check) every time, and the exchange needs the loop for each
+        # waiter. A connection lives and dies in the loop that opened it.
+        self.loop = asyncio.get_running_loop()
         self.pool = pool
         self.origin = origin
         self.transport: asyncio.Transport | None = None
@@ -257,7 +263,7 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self._drain is None:
-            self._drain = asyncio.get_running_loop().create_future()
+            self._drain = self.loop.create_future()
 
     def resume_writing(self) -> None:
         drain, self._drain = self._drain, None
@@ -587,7 +593,7 @@ class ConnectionPool:
         assert transport is not None
         conn.reset(head_request=method == "HEAD")
         conn.uses += 1
-        waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Response] = conn.loop.create_future()
         conn.headers_waiter = waiter
         try:
             if isinstance(body, bytes) or body is None:

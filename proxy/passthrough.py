@@ -123,6 +123,7 @@ class _Exchange:
         "ctx",
         "finished",
         "late",
+        "loop",
         "owner",
         "receive",
         "route",
@@ -152,7 +153,10 @@ class _Exchange:
         self.ctx = ctx
         self.route = route
         self.upstream = upstream
-        self.task = asyncio.current_task()
+        # One lookup of the loop per request: get_running_loop() (and
+        # current_task() without a loop) make a getpid() system call each.
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task(self.loop)
         self.watch_timer: asyncio.TimerHandle | None = None
         self.watcher: asyncio.Future[None] | None = None
         self.client_gone = False  # the client left: we cancelled ourselves
@@ -205,7 +209,7 @@ class _Exchange:
         # Time to headers counts from here, so it includes the upload and any
         # failover attempts. (A timer that cancels this task: asyncio.timeout
         # does the same with more machinery, on every request.)
-        timer = asyncio.get_running_loop().call_later(self.owner.settings.headers_timeout, self._headers_late)
+        timer = self.loop.call_later(self.owner.settings.headers_timeout, self._headers_late)
         try:
             response = await self._attempts(headers, data, replayable)
         except _Refused as refused:
@@ -346,7 +350,7 @@ class _Exchange:
         if settings.stream_deadline is not None:
             # The deadline counts from the start of the request, not of the body.
             elapsed = time.monotonic() - self.ctx.started
-            deadline = asyncio.get_running_loop().time() + settings.stream_deadline - elapsed
+            deadline = self.loop.time() + settings.stream_deadline - elapsed
         self.started = True
         await self.send({"type": "http.response.start", "status": response.status, "headers": headers})
         tail = b""
@@ -358,6 +362,7 @@ class _Exchange:
                 idle=settings.read_timeout,
                 deadline=deadline,
                 heartbeat=heartbeat,
+                loop=self.loop,
             )
             # The body's last piece goes with the final message: one send less
             # (a whole small JSON answer is one send).
@@ -425,7 +430,7 @@ class _Exchange:
         # The watcher is a task; one that answers within WATCH_DELAY never
         # needs it, and a disconnect is still seen when it starts (the server
         # remembers it), at most WATCH_DELAY late.
-        self.watch_timer = asyncio.get_running_loop().call_later(WATCH_DELAY, self._start_watcher)
+        self.watch_timer = self.loop.call_later(WATCH_DELAY, self._start_watcher)
 
     def _start_watcher(self) -> None:
         self.watch_timer = None

@@ -82,6 +82,7 @@ async def pump(
     idle: float,
     deadline: float | None,
     heartbeat: Heartbeat | None,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> bytes:
     """Send every upstream chunk on as it arrives, until the upstream's end of body.
 
@@ -90,9 +91,11 @@ async def pump(
 
     Raises :class:`StreamTimeout` when the upstream stays silent past ``idle``
     seconds or the stream runs past ``deadline`` (a ``loop.time()``), and the
-    body's own error when the upstream breaks it off.
+    body's own error when the upstream breaks it off. ``loop``: the running
+    one, if the caller has it (looking it up costs a system call).
     """
-    loop = asyncio.get_running_loop()
+    if loop is None:
+        loop = asyncio.get_running_loop()
     last_read = last_write = loop.time()
     while True:
         line = heartbeat.due_line() if heartbeat is not None else None
