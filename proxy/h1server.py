@@ -275,7 +275,7 @@ class H1Protocol(asyncio.Protocol):
             return
         url = self.url
         target, _, query = url.partition(b"?")
-        if url.find(b"#") != -1:  # find, not `in`: see headers.contains
+        if url.find(b"#") != -1:  # find, not `in`: see headers.py
             target, query = target.partition(b"#")[0], query.partition(b"#")[0]
         # An exception here reaches data_received as a parser error: a 400.
         path = target.decode("ascii")

@@ -99,7 +99,7 @@ def _check_escapes(raw_path: bytes) -> None:
 
 def _may_hold_key(query_string: bytes) -> bool:
     # The common case, decided without parsing: no "key", not even encoded.
-    # find, not `in`: see headers.contains.
+    # find, not `in`: see headers.py.
     return query_string.lower().find(b"key") != -1 or query_string.find(b"%") != -1
 
 
