@@ -126,16 +126,17 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
             if 0 < len(candidate) <= 128 and _REQUEST_ID_CHARS.issuperset(candidate):
                 return candidate
             break
-    return _next_id()
+    return new_id()
 
 
-# Request ids: 16 random hex digits per process, then a counter. As unique as
-# a uuid4 across workers and restarts, without its cost on every request.
+# Ids: 16 random hex digits per process, then a counter. As unique as a uuid4
+# across workers and restarts, without its cost on every request.
 _ID_PREFIX = os.urandom(8).hex()
 _issued = 1 << 64  # hex() of it is "0x1" and then the 16 digits wanted
 
 
-def _next_id() -> str:
+def new_id() -> str:
+    """A fresh 32-hex-digit id: request ids, and the rate limiter's leases."""
     global _issued
     _issued += 1
     # Not format(n, "016x"): that looks up and calls int.__format__, 3x the cost.

@@ -13,14 +13,12 @@ it is logged (at most every 10 s) and counted in ``sluice_limiter_errors_total``
 
 from __future__ import annotations
 
-import itertools
 import logging
-import os
 import time
 
 from ..asgi import ASGIApp, Message, Receive, Scope, Send
 from ..config import FailurePolicy
-from ..context import get_context
+from ..context import get_context, new_id
 from ..errors import send_error
 from ..keys import ClientKey
 from ..limits import Limiter, LimiterUnavailable
@@ -29,10 +27,6 @@ from ..metrics import Metrics
 
 logger = logging.getLogger("sluice.rate_limit")
 _LOG_EVERY = 10.0
-
-# Lease ids: random per process, then a counter; as unique as a uuid4, cheaper.
-_LEASE_PREFIX = os.urandom(8).hex()
-_LEASE_COUNTER = itertools.count(1)
 
 
 class RateLimit:
@@ -52,7 +46,7 @@ class RateLimit:
             await self.app(scope, receive, send)
             return
         # Unique across processes (the request id may come from the client).
-        lease = _LEASE_PREFIX + format(next(_LEASE_COUNTER), "x")  # no f-string spec: see access_log._line
+        lease = new_id()
         try:
             decision = await self.limiter.admit(key.name, key.limits, lease)
         except LimiterUnavailable as exc:
