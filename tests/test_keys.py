@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -67,6 +68,27 @@ def test_store_reloads_changes_and_keeps_the_last_good_file(
     path.write_text("this is [not toml")  # a broken hand edit
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
     assert store.lookup(bob) is not None, "a broken file must not lock everyone out"
+
+
+def test_a_key_verified_before_is_forgotten_when_revoked_or_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression guard for the verified-key cache: a key found once must not
+    # outlive its revocation, nor keep the limits it had.
+    monkeypatch.setattr(keys_module, "RELOAD_INTERVAL", 0.0)
+    path = tmp_path / "keys.toml"
+    alice = create_key(path, "alice", Limits(rpm=5))
+    store = KeyStore(path)
+    assert store.lookup(alice) is store.lookup(alice) is not None  # the second from the cache
+    assert store.lookup(alice[:-1] + ("A" if alice[-1] != "A" else "B")) is None
+    with keys_module.locked(path) as keys:
+        keys["alice"] = dataclasses.replace(keys["alice"], limits=Limits(rpm=7))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    found = store.lookup(alice)
+    assert found is not None and found.limits.rpm == 7
+    revoke_key(path, "alice")
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    assert store.lookup(alice) is None
 
 
 def test_bad_entries_are_reported(tmp_path: Path) -> None:
