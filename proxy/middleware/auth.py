@@ -25,28 +25,31 @@ from ..routing import query_key
 
 logger = logging.getLogger("sluice.auth")
 
-_HEADERS = (b"x-goog-api-key", b"x-api-key", b"api-key")  # in the order they are preferred
-_HEADER_NAMES = frozenset(_HEADERS)  # one hash lookup per header, not three compares
-
 
 def presented_key(scope: Scope) -> str | None:
-    """The client's credential, from the first place an SDK would put it."""
-    bearer: bytes | None = None
-    found: dict[bytes, bytes] = {}
-    for pair in scope["headers"]:
-        name: bytes = pair[0]  # typed: compiled, the comparisons are then byte compares
+    """The client's credential, from the first place an SDK would put it.
+
+    Preferred in this order: ``x-goog-api-key``, ``x-api-key``, ``api-key``
+    (each the last one sent, if not empty), a ``Bearer`` authorization, and
+    Gemini's ``?key=``.
+    """
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    # Typed, and compared with each name: compiled, a byte compare each,
+    # where a set lookup hashed every header name first.
+    goog = x_api = api = bearer = b""
+    for name, value in headers:
         if name == b"authorization":
-            value: bytes = pair[1]
             if value[:7].lower() == b"bearer ":
                 bearer = value[7:].strip()
-        elif name in _HEADER_NAMES:
-            found[name] = pair[1].strip()
+        elif name == b"x-goog-api-key":
+            goog = value.strip()
+        elif name == b"x-api-key":
+            x_api = value.strip()
+        elif name == b"api-key":
+            api = value.strip()
+    found = goog or x_api or api or bearer
     if found:
-        for name in _HEADERS:
-            if found.get(name):
-                return found[name].decode("latin-1")
-    if bearer:
-        return bearer.decode("latin-1")
+        return found.decode("latin-1")
     key = query_key(scope["query_string"])
     return key.decode("latin-1") if key is not None else None
 
