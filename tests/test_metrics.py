@@ -8,7 +8,7 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.metrics import Histogram
+from proxy.metrics import Counter, Gauge, Histogram
 
 BUCKETS = (0.1, 0.5, 1.0)
 
@@ -53,3 +53,20 @@ def test_the_bucket_counts_are_what_bisect_left_gives(values: list[float]) -> No
     for bound, count in zip((*map(repr, BUCKETS), "+Inf"), expected, strict=True):
         running += count
         assert series[f't_bucket{{le="{bound}"}}'] == str(running)
+
+
+def test_counters_and_gauges_add_per_label_set_and_list_them_in_order() -> None:
+    c = Counter("c_total", "help", ("provider", "status"))
+    c.inc(("openai", "200"))
+    c.inc(("gemini", "200"), 2.5)
+    c.inc(("openai", "200"))
+    assert c.samples() == [
+        'c_total{provider="gemini",status="200"} 2.5',
+        'c_total{provider="openai",status="200"} 2',
+    ]
+    g = Gauge("g", "help", ("provider",))
+    g.inc(("openai",))
+    g.inc(("openai",))
+    g.dec(("openai",))
+    g.dec(("anthropic",))  # a dec before any inc goes below zero, as Prometheus allows
+    assert g.samples() == ['g{provider="anthropic"} -1', 'g{provider="openai"} 1']
