@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 from urllib.parse import unquote
 
 from .asgi import Scope
@@ -86,6 +86,10 @@ class RequestContext:
     # under /api/ (provider and model come from the request body, set there).
     kind: Literal["proxy", "api"]
     key: object | None  # the authenticated ClientKey (typed loosely to keep this module leaf-level)
+    # Headers a layer wants on the response, whoever starts it: the Gate adds
+    # them to the response's start. Cheaper than wrapping send (a coroutine
+    # per message), and they reach error responses from inner layers too.
+    response_headers: list[tuple[bytes, bytes]] | None
 
     def __init__(self, request_id: str, method: str, path: str, client: str | None = None) -> None:
         """What is known when a request arrives; the layers fill in the rest."""
@@ -106,6 +110,7 @@ class RequestContext:
         self.path_error = None
         self.kind = "proxy"
         self.key = None
+        self.response_headers = None
 
 
 def get_context(scope: Scope) -> RequestContext | None:
@@ -115,7 +120,7 @@ def get_context(scope: Scope) -> RequestContext | None:
 
 # --- creating one ---------------------------------------------------------
 
-_REQUEST_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
+_REQUEST_ID_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
 def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
@@ -129,18 +134,31 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
     return new_id()
 
 
-# Ids: 16 random hex digits per process, then a counter. As unique as a uuid4
-# across workers and restarts, without its cost on every request.
-_ID_PREFIX = os.urandom(8).hex()
-_issued = 1 << 64  # hex() of it is "0x1" and then the 16 digits wanted
+class _Ids:
+    """Ids: 16 random hex digits per process, then a counter.
+
+    As unique as a uuid4 across workers and restarts, without its cost on
+    every request. The counter is a field, not a module global: compiled, it
+    is then a C integer, where a global is a dict entry holding an object.
+    """
+
+    def __init__(self) -> None:
+        self.prefix = os.urandom(8).hex()
+        self.issued = 10**15  # str() of it has 16 digits, for the next 9 * 10**15 ids
+
+
+_IDS: Final = _Ids()
 
 
 def new_id() -> str:
-    """A fresh 32-hex-digit id: request ids, and the rate limiter's leases."""
-    global _issued
-    _issued += 1
-    # Not format(n, "016x"): that looks up and calls int.__format__, 3x the cost.
-    return _ID_PREFIX + hex(_issued)[3:]
+    """A fresh id of 32 hex digits: request ids, and the rate limiter's leases.
+
+    The last 16 are decimal digits (a subset of hex): ``str()`` of an int is a
+    C call compiled, where ``hex()`` was a generic builtin call.
+    """
+    ids = _IDS
+    ids.issued += 1
+    return ids.prefix + str(ids.issued)
 
 
 def new_context(scope: Scope) -> RequestContext:

@@ -1,5 +1,7 @@
 """The fixed outer layer: one context per request, its id on the response, and metrics.
 
+It also adds the layers' ``ctx.response_headers`` to the response's start.
+
 It runs for every HTTP request whatever the configured chain, because the
 request id, the status, the bytes sent and the time to first byte are facts
 every other layer (access log, rate limiter, metrics) builds on.
@@ -39,7 +41,10 @@ class Gate:
                         ctx.ttfb = time.monotonic() - ctx.started
             elif message["type"] == "http.response.start":
                 ctx.status = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), id_header]}
+                headers = [*message.get("headers", ()), id_header]
+                if ctx.response_headers:
+                    headers += ctx.response_headers
+                message = {**message, "headers": headers}
             await send(message)
 
         label = self.metrics.request_started(ctx)

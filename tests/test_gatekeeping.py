@@ -40,6 +40,7 @@ class Gatekept:
 KEYS = {
     "open": Limits(),
     "limited": Limits(rpm=2),
+    "counted": Limits(rpm=1000),
     "single": Limits(concurrency=1),
     "revokable": Limits(),
 }
@@ -174,6 +175,19 @@ def test_over_the_rpm_limit_is_a_rate_limit_error_with_headers(gate: Gatekept, m
     assert 1 <= int(headers["retry-after"]) <= 60
     assert headers["ratelimit-remaining"] == "0"
     assert len(mock.state.records) == 2  # the refused request never went upstream
+
+
+def test_an_admitted_request_that_fails_upstream_still_carries_the_limit_headers(gate: Gatekept) -> None:
+    # The limiter counted it, so the client is told what is left, whichever layer answered.
+    failed = httpx.post(
+        f"{gate.sluice.url}/v1/chat/completions",
+        json=CHAT,
+        headers={"authorization": f"Bearer {gate.secrets['counted']}", "x-mock-status": "500"},
+    )
+    assert failed.status_code == 500
+    assert failed.headers["ratelimit-limit"] == "1000" and "x-request-id" in failed.headers
+    unlimited = _openai(gate, gate.secrets["open"]).chat.completions.with_raw_response.create(**CHAT)  # type: ignore[call-overload]
+    assert "ratelimit-limit" not in unlimited.headers and "x-request-id" in unlimited.headers
 
 
 async def test_concurrency_slot_is_held_by_a_stream_and_released_at_its_end(

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Final
 
-from ..asgi import ASGIApp, Message, Receive, Scope, Send
+from ..asgi import ASGIApp, Receive, Scope, Send
 from ..config import FailurePolicy
 from ..context import get_context, new_id
 from ..errors import send_error
@@ -26,7 +27,7 @@ from ..limits.headers import rate_limit_headers
 from ..metrics import Metrics
 
 logger = logging.getLogger("sluice.rate_limit")
-_LOG_EVERY = 10.0
+_LOG_EVERY: Final = 10.0
 
 
 class RateLimit:
@@ -66,14 +67,13 @@ class RateLimit:
             message = f"Rate limit reached for this key ({decision.kind}: {decision.limit}). Try again later."
             await send_error(send, ctx.provider or "openai", 429, message, headers)  # type: ignore[arg-type]
             return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start" and headers:
-                message = {**message, "headers": [*message.get("headers", ()), *headers]}
-            await send(message)
-
+        if headers:  # the Gate puts them on whatever response starts
+            if ctx.response_headers is None:
+                ctx.response_headers = headers
+            else:
+                ctx.response_headers += headers
         try:
-            await self.app(scope, receive, send_with_headers)
+            await self.app(scope, receive, send)
         finally:
             if key.limits.concurrency is not None:
                 await self.limiter.release(key.name, lease)
