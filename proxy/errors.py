@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 from collections.abc import Iterable
+from typing import Final
 
 import aiohttp
 
@@ -20,7 +21,7 @@ from .config import ProviderName
 from .h1client import ConnectFailed, ResponseBroken
 
 # status → (OpenAI type, OpenAI code, Gemini status, Anthropic type)
-_KINDS: dict[int, tuple[str, str, str, str]] = {
+_KINDS: Final[dict[int, tuple[str, str, str, str]]] = {
     400: ("invalid_request_error", "invalid_request", "INVALID_ARGUMENT", "invalid_request_error"),
     401: ("invalid_request_error", "invalid_api_key", "UNAUTHENTICATED", "authentication_error"),
     403: ("permission_error", "permission_denied", "PERMISSION_DENIED", "permission_error"),
@@ -63,7 +64,7 @@ async def send_error(
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-_OVERLOAD_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_OVERLOAD_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def upstream_failure(exc: BaseException, provider: ProviderName) -> tuple[int, str, str]:

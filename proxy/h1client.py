@@ -33,7 +33,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
@@ -44,7 +44,7 @@ IDLE_TIMEOUT = 15.0  # seconds an unused keep-alive connection is kept (aiohttp'
 DNS_TTL = 300.0  # seconds an origin's addresses are reused (aiohttp's default too)
 MAX_HEADER_BYTES = 64 * 1024  # provider responses carry long rate-limit and trace headers
 
-_BODYLESS_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+_BODYLESS_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
 
 class UpstreamError(Exception):

@@ -53,7 +53,7 @@ import re
 import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import httptools
 from uvicorn.config import Config
@@ -75,16 +75,16 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
 
-_ASGI = {"version": "3.0", "spec_version": "2.3"}
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_CHUNKED_HEADER = b"transfer-encoding: chunked\r\n"
-_CLOSE_HEADER = b"connection: close\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
-_BAD_NAME = re.compile(b"[^!#$%&'*+\\-.^_`|~0-9A-Za-z]|^$")
-_GOOD_NAMES: set[bytes] = set()  # header names already checked; they repeat on every response
-_GOOD_NAMES_MAX = 4096
-_BODYLESS_STATUS = frozenset({204, 304})
-_METHODS: dict[bytes, str] = {}
+_ASGI: Final = {"version": "3.0", "spec_version": "2.3"}
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_CHUNKED_HEADER: Final = b"transfer-encoding: chunked\r\n"
+_CLOSE_HEADER: Final = b"connection: close\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+_BAD_NAME: Final = re.compile(b"[^!#$%&'*+\\-.^_`|~0-9A-Za-z]|^$")
+_GOOD_NAMES: Final[set[bytes]] = set()  # header names already checked; they repeat on every response
+_GOOD_NAMES_MAX: Final = 4096
+_BODYLESS_STATUS: Final = frozenset({204, 304})
+_METHODS: Final[dict[bytes, str]] = {}
 
 
 def _status_line(status: int) -> bytes:
@@ -95,7 +95,7 @@ def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
 
 
-_STATUS_LINES = {status: _status_line(status) for status in range(100, 600)}
+_STATUS_LINES: Final = {status: _status_line(status) for status in range(100, 600)}
 
 
 def _address(info: object) -> tuple[str, int] | None:

@@ -8,6 +8,7 @@ does not need to be.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Final
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -54,8 +55,8 @@ CLIENT_HOP = frozenset(
 # HTTP/3 endpoint, which is not where the client is talking.
 UPSTREAM_HOP = frozenset({b"server", b"date", b"set-cookie", b"alt-svc"})
 
-_REQUEST_DROP = HOP_BY_HOP | CLIENT_CREDENTIALS | CLIENT_HOP
-_RESPONSE_DROP = HOP_BY_HOP | UPSTREAM_HOP
+_REQUEST_DROP: Final = HOP_BY_HOP | CLIENT_CREDENTIALS | CLIENT_HOP
+_RESPONSE_DROP: Final = HOP_BY_HOP | UPSTREAM_HOP
 
 SSE_EXTRA: Headers = [(b"x-accel-buffering", b"no")]
 
@@ -65,7 +66,7 @@ SSE_EXTRA: Headers = [(b"x-accel-buffering", b"no")]
 # searches. That costs about 2 k instructions; ``find`` about 150.
 
 # CR, LF and every other control character except HTAB, as LF; the rest as "a".
-_BREAKS = bytes(10 if (byte < 32 and byte != 9) or byte == 127 else 97 for byte in range(256))
+_BREAKS: Final = bytes(10 if (byte < 32 and byte != 9) or byte == 127 else 97 for byte in range(256))
 
 
 def line_breaks(head: bytes) -> int:

@@ -19,7 +19,7 @@ line ending (Gemini's streams use CRLF).
 from __future__ import annotations
 
 import asyncio
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 from .asgi import Send
 from .config import HeartbeatStyle
@@ -28,7 +28,7 @@ from .usage import UsageTap
 StreamFailure = Literal["idle_timeout", "deadline"]
 
 # (after an LF-terminated event, after a CRLF-terminated event)
-_HEARTBEATS: dict[HeartbeatStyle, tuple[bytes, bytes]] = {
+_HEARTBEATS: Final[dict[HeartbeatStyle, tuple[bytes, bytes]]] = {
     "comment": (b": keepalive\n\n", b": keepalive\r\n\r\n"),
     "blank": (b"\n", b"\r\n"),
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from .config import ProviderName
@@ -35,14 +36,16 @@ MAX_PATH_BYTES = 4096
 # Bytes that have no business in an API path, even percent-encoded: they are
 # the ingredients of traversal (`.` `/` `\`), host confusion (`@`), double
 # decoding (`%`) and header/log injection (controls).
-_FORBIDDEN_DECODED = frozenset(b"./\\@%") | frozenset(range(0x20)) | {0x7F}
-_ALLOWED_RAW = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:/%")
-_HEX = frozenset(b"0123456789abcdefABCDEF")
+_FORBIDDEN_DECODED: Final = frozenset(b"./\\@%") | frozenset(range(0x20)) | {0x7F}
+_ALLOWED_RAW: Final = frozenset(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;=:/%"
+)
+_HEX: Final = frozenset(b"0123456789abcdefABCDEF")
 # The paths SDKs send, accepted in one regex match: non-empty segments of
 # allowed bytes, none beginning with "." (so no "." or ".." segment, with or
 # without ";"), no "%" escape, an optional trailing "/". Anything else takes
 # the checks one by one, which say what is wrong with it.
-_PLAIN_PATH = re.compile(rb"(?:/[A-Za-z0-9\-_~!$&'()*+,;=:][A-Za-z0-9\-._~!$&'()*+,;=:]*)+/?")
+_PLAIN_PATH: Final = re.compile(rb"(?:/[A-Za-z0-9\-_~!$&'()*+,;=:][A-Za-z0-9\-._~!$&'()*+,;=:]*)+/?")
 
 
 class BadPath(ValueError):

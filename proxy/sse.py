@@ -22,10 +22,11 @@ the WHATWG event-stream grammar, with these guarantees:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 __all__ = ["SseEvent", "SseScanner"]
 
-_BOM = b"\xef\xbb\xbf"  # the spec drops one UTF-8 BOM at the start of the stream
+_BOM: Final = b"\xef\xbb\xbf"  # the spec drops one UTF-8 BOM at the start of the stream
 _CR, _LF = 13, 10
 
 

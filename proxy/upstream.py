@@ -15,6 +15,8 @@ total timeout, because a generation may rightly stream for many minutes.
 
 from __future__ import annotations
 
+from typing import Final
+
 import aiohttp
 
 from .config import Settings
@@ -24,7 +26,7 @@ from .h1client import ConnectionPool
 # request what the client sent: above all, no Accept-Encoding the client did
 # not ask for, which would hand it a body compressed in a way it never offered
 # to decode.
-_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+_NO_AUTO_HEADERS: Final = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 
 class UpstreamClient:

@@ -24,7 +24,7 @@ import importlib
 import re
 import zlib
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from .context import Usage
 from .jsonread import loads
@@ -35,17 +35,17 @@ __all__ = ["UsageTap"]
 Provider = Literal["openai", "gemini", "anthropic"]
 Sink = Callable[[bytes, int], None]  # (decompressed piece, compressed bytes it came from)
 
-_STEP = 64 * 1024  # decompressed bytes produced at a time
+_STEP: Final = 64 * 1024  # decompressed bytes produced at a time
 # Past max_body_bytes of output, more than this many decompressed bytes per
 # compressed byte means a bomb: real SSE streams compress 5-40x, zeros 1000x.
-_MAX_RATIO = 200
+_MAX_RATIO: Final = 200
 # "usage" followed by an object, not null: OpenAI puts "usage":null on every
 # chunk when include_usage is on. Inside a JSON string the quotes would be
 # escaped, so text the model writes cannot match.
-_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
-_ANTHROPIC_USAGE_EVENTS = frozenset({b"message_start", b"message_delta"})
-_MODEL_KEYS = {"openai": b'"model"', "gemini": b'"modelVersion"', "anthropic": b'"model"'}
-_NEEDLES = {"openai": b'"usage"', "gemini": b'"usageMetadata"', "anthropic": b'"usage"'}
+_USAGE_OBJECT: Final = re.compile(rb'"usage"\s*:\s*\{')
+_ANTHROPIC_USAGE_EVENTS: Final = frozenset({b"message_start", b"message_delta"})
+_MODEL_KEYS: Final = {"openai": b'"model"', "gemini": b'"modelVersion"', "anthropic": b'"model"'}
+_NEEDLES: Final = {"openai": b'"usage"', "gemini": b'"usageMetadata"', "anthropic": b'"usage"'}
 
 
 class _GiveUp(Exception):
@@ -212,7 +212,7 @@ class UsageTap:
 
 # The event reader per provider, looked up when an event may carry usage
 # rather than bound (f-string and getattr) for every response.
-_EVENT_READERS: dict[str, Callable[[UsageTap, SseEvent], None]] = {
+_EVENT_READERS: Final[dict[str, Callable[[UsageTap, SseEvent], None]]] = {
     "openai": UsageTap._openai_event,
     "gemini": UsageTap._gemini_event,
     "anthropic": UsageTap._anthropic_event,
@@ -288,7 +288,7 @@ def _loads(data: bytes) -> object:
         return None
 
 
-_DOC_USAGE: dict[str, Callable[[object], Usage | None]] = {
+_DOC_USAGE: Final[dict[str, Callable[[object], Usage | None]]] = {
     "openai": _openai_usage,
     "gemini": _gemini_usage,
     "anthropic": _anthropic_usage,

@@ -14,6 +14,7 @@ import math
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable
+from typing import Final
 
 from .base import WINDOW_SECONDS, Decision, LimitKind, Limits
 
@@ -23,7 +24,7 @@ CONCURRENCY_RETRY_AFTER = 1.0
 
 # How often (in clock seconds) the whole table is swept for idle keys, so a
 # key that stops sending does not keep its buckets forever.
-_SWEEP_EVERY = 60.0
+_SWEEP_EVERY: Final = 60.0
 
 Usage = tuple[int, float]  # (counted in the window, seconds until it matters: see _Window.wait)
 
