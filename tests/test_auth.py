@@ -58,3 +58,9 @@ values = st.binary(max_size=12) | st.sampled_from([b"Bearer k", b"bearer ", b"BE
 @given(st.lists(st.tuples(names, values), max_size=8), st.sampled_from([b"", b"key=q", b"a=1&key=r"]))
 def test_matches_the_stated_rule(headers: list[tuple[bytes, bytes]], query: bytes) -> None:
     assert presented_key(scope(headers, query)) == reference(headers, query)
+
+
+def test_header_pairs_may_be_lists_as_asgi_allows() -> None:
+    # A layer before auth may add [name, value] lists rather than tuples.
+    headers = [[b"host", b"x"], [b"x-api-key", b"listed"]]
+    assert presented_key(scope(headers)) == "listed"  # type: ignore[arg-type]

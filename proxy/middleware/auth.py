@@ -33,11 +33,14 @@ def presented_key(scope: Scope) -> str | None:
     (each the last one sent, if not empty), a ``Bearer`` authorization, and
     Gemini's ``?key=``.
     """
-    headers: list[tuple[bytes, bytes]] = scope["headers"]
-    # Typed, and compared with each name: compiled, a byte compare each,
-    # where a set lookup hashed every header name first.
+    # Compared with each name: compiled, a byte compare each, where a set
+    # lookup hashed every header name first. Read by index and typed as
+    # bytes, not unpacked as tuples: ASGI allows a pair to be a list, and a
+    # layer before this one may have added such pairs.
     goog = x_api = api = bearer = b""
-    for name, value in headers:
+    for pair in scope["headers"]:
+        name: bytes = pair[0]
+        value: bytes = pair[1]
         if name == b"authorization":
             if value[:7].lower() == b"bearer ":
                 bearer = value[7:].strip()
