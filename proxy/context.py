@@ -15,6 +15,7 @@ from typing import Final, Literal
 from urllib.parse import unquote
 
 from .asgi import Scope
+from .headers import ScopeHeaders, name_of, value_of
 from .routing import BadPath, Route, guess_provider, resolve, validate_path
 
 Outcome = Literal[
@@ -123,11 +124,11 @@ def get_context(scope: Scope) -> RequestContext | None:
 _REQUEST_ID_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
-def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+def _request_id(headers: ScopeHeaders) -> str:
     """The client's X-Request-ID when it is a sane token, else a fresh one."""
-    for name, value in headers:
-        if name == b"x-request-id":
-            candidate = value.decode("latin-1")
+    for pair in headers:
+        if name_of(pair) == b"x-request-id":
+            candidate = value_of(pair).decode("latin-1")
             if 0 < len(candidate) <= 128 and _REQUEST_ID_CHARS.issuperset(candidate):
                 return candidate
             break
@@ -163,7 +164,7 @@ def new_id() -> str:
 
 def new_context(scope: Scope) -> RequestContext:
     """Build the context for an HTTP request and route it (validation included)."""
-    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    headers: ScopeHeaders = scope["headers"]
     raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
     client = scope.get("client")
     ctx = RequestContext(

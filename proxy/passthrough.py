@@ -30,7 +30,14 @@ from .context import NO_ROUTE_MESSAGE, RequestContext, get_or_create_context
 from .drain import Drain
 from .errors import send_error, upstream_failure
 from .h1client import ConnectFailed, Response, UpstreamError
-from .headers import Headers, client_response_headers, upstream_request_headers
+from .headers import (
+    Headers,
+    ScopeHeaders,
+    client_response_headers,
+    name_of,
+    upstream_request_headers,
+    value_of,
+)
 from .pool import CredentialPool
 from .pump import Heartbeat, StreamTimeout, pump
 from .routing import Route
@@ -104,11 +111,11 @@ def _text(value: bytes | None) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    for name, value in headers:
-        if name == b"content-length":
+def _content_length(headers: ScopeHeaders) -> int | None:
+    for pair in headers:
+        if name_of(pair) == b"content-length":
             try:
-                return int(value)
+                return int(value_of(pair))
             except ValueError:
                 return None
     return None

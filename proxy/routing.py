@@ -10,12 +10,12 @@ that comes from configuration, so no request can choose the upstream host.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from .config import ProviderName
+from .headers import ScopeHeaders, name_of
 
 PREFIXES: dict[bytes, ProviderName] = {
     b"openai": "openai",
@@ -132,7 +132,7 @@ def strip_query_credentials(query_string: bytes) -> bytes:
     return b"&".join(p for p in query_string.split(b"&") if not _is_key(p))
 
 
-def resolve(raw_path: bytes, headers: Iterable[tuple[bytes, bytes]], query_string: bytes) -> Route | None:
+def resolve(raw_path: bytes, headers: ScopeHeaders, query_string: bytes) -> Route | None:
     """Map a validated path to a provider, or ``None`` when no provider serves it.
 
     ``/openai/…``, ``/gemini/…`` and ``/anthropic/…`` are explicit. Un-prefixed
@@ -152,16 +152,15 @@ def resolve(raw_path: bytes, headers: Iterable[tuple[bytes, bytes]], query_strin
     return Route(_provider_for_v1(rest, headers, query_string), path)
 
 
-def _provider_for_v1(
-    rest: bytes, headers: Iterable[tuple[bytes, bytes]], query_string: bytes
-) -> ProviderName:
+def _provider_for_v1(rest: bytes, headers: ScopeHeaders, query_string: bytes) -> ProviderName:
     head = rest.split(b"/", 1)[0]
     if head in ANTHROPIC_V1:
         return "anthropic"
     if head in VERTEX_V1:
         return "gemini"
     goog = False
-    for name, _ in headers:  # one pass, no set: this runs for every un-prefixed /v1 request
+    for pair in headers:  # one pass, no set: this runs for every un-prefixed /v1 request
+        name = name_of(pair)
         if name == b"anthropic-version":
             return "anthropic"
         goog = goog or name == b"x-goog-api-key"
@@ -170,14 +169,14 @@ def _provider_for_v1(
     return "openai"
 
 
-def guess_provider(raw_path: bytes, headers: Iterable[tuple[bytes, bytes]]) -> ProviderName:
+def guess_provider(raw_path: bytes, headers: ScopeHeaders) -> ProviderName:
     """Best effort for error bodies on requests that cannot be routed or validated."""
     head = raw_path.lstrip(b"/").split(b"/", 1)[0].split(b"?", 1)[0]
     if head in PREFIXES:
         return PREFIXES[head]
     if head in GEMINI_ROOTS:
         return "gemini"
-    names = {name for name, _ in headers}
+    names = {name_of(pair) for pair in headers}
     if b"anthropic-version" in names or b"x-api-key" in names:
         return "anthropic"
     if b"x-goog-api-key" in names:

@@ -344,6 +344,36 @@ def test_own_middleware_from_the_config_file(
     assert "ceiling" in too_many.json()["error"]["message"]
 
 
+def test_header_pairs_as_lists_from_an_own_layer_pass_every_later_layer(
+    tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
+) -> None:
+    # ASGI allows [name, value] lists; compiled code that unpacks typed tuples
+    # raised TypeError on them, as a 500 (tests/list_pairs.py).
+    config = tmp_path / "sluice.toml"
+    chain = '["tests.list_pairs:ListPairs", "access_log", "auth", "rate_limit"]'
+    config.write_text(f"[middleware]\nchain = {chain}\n")
+    keys_file = tmp_path / "keys.toml"
+    key = create_key(keys_file, "listed", Limits(rpm=1000, concurrency=5))
+    root = Path(__file__).resolve().parent.parent
+    process = sluice_factory(
+        **upstream_env(mock), SLUICE_CONFIG=str(config), PYTHONPATH=str(root),
+        SLUICE_KEYS_FILE=str(keys_file), SLUICE_ACCESS_LOG=str(tmp_path / "access.log"),
+    )  # fmt: skip
+    hop = {"connection": "keep-alive, x-hop", "x-hop": "1", "x-request-id": "listed-1"}
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 300_000}]}  # read in several parts
+    with httpx.Client(base_url=process.url, headers={"authorization": f"Bearer {key}"}) as client:
+        for body in (CHAT, big, {**CHAT, "stream": True}):
+            response = client.post("/v1/chat/completions", json=body, headers=hop)
+            assert response.status_code == 200, response.text
+            assert response.headers["x-listed"] == "response"
+            assert response.headers["x-request-id"] == "listed-1"
+            assert "ratelimit-remaining" in response.headers
+            seen = mock.state.last("/chat/completions")
+            assert seen.headers["x-listed"] == "request"
+            assert "x-hop" not in seen.headers and "key" not in seen.headers.get("authorization", "")
+            assert seen.body_bytes == len(response.request.content)
+
+
 def test_include_usage_setting_makes_every_openai_stream_accountable(
     tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
 ) -> None:

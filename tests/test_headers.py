@@ -50,6 +50,14 @@ def test_request_headers_lose_credentials_hop_by_hop_and_connection_tokens() -> 
     }
 
 
+def test_request_headers_may_be_list_pairs_in_any_iterable() -> None:
+    # ASGI allows [name, value] lists and any iterable of them; read once.
+    pairs = [[b"connection", b"x-hop"], [b"x-hop", b"1"], [b"accept", b"*/*"], [b"host", b"h"]]
+    out = upstream_request_headers(iter(pairs))
+    assert out == [(b"accept", b"*/*")]
+    assert all(type(pair) is tuple for pair in out)
+
+
 def test_response_headers_keep_provider_facts_and_mark_event_streams() -> None:
     raw = [  # names lower-cased by the upstream client
         (b"content-type", b"text/event-stream; charset=utf-8"),

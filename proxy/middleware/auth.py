@@ -18,6 +18,7 @@ from ..asgi import ASGIApp, Receive, Scope, Send
 from ..body import read_body
 from ..context import RequestContext, get_or_create_context
 from ..errors import send_error
+from ..headers import ScopeHeaders, name_of, value_of
 from ..jsonread import loads
 from ..keys import KeyStore
 from ..metrics import Metrics
@@ -34,13 +35,14 @@ def presented_key(scope: Scope) -> str | None:
     Gemini's ``?key=``.
     """
     # Compared with each name: compiled, a byte compare each, where a set
-    # lookup hashed every header name first. Read by index and typed as
-    # bytes, not unpacked as tuples: ASGI allows a pair to be a list, and a
-    # layer before this one may have added such pairs.
+    # lookup hashed every header name first. Read with name_of/value_of, not
+    # unpacked as tuples: ASGI allows a pair to be a list, and a layer before
+    # this one may have added such pairs.
     goog = x_api = api = bearer = b""
-    for pair in scope["headers"]:
-        name: bytes = pair[0]
-        value: bytes = pair[1]
+    headers: ScopeHeaders = scope["headers"]
+    for pair in headers:
+        name = name_of(pair)
+        value = value_of(pair)
         if name == b"authorization":
             if value[:7].lower() == b"bearer ":
                 bearer = value[7:].strip()
