@@ -7,7 +7,7 @@ to ``/api/…`` is authenticated, limited and logged like any other.
 from __future__ import annotations
 
 from .asgi import ASGIApp, Receive, Scope, Send
-from .context import get_or_create_context
+from .context import http_context
 from .errors import send_error
 
 
@@ -17,7 +17,8 @@ class Dispatch:
         self.api = api
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and get_or_create_context(scope).kind == "api":
+        ctx = http_context(scope)
+        if ctx is not None and ctx.kind == "api":
             if self.api is None:
                 await send_error(send, "openai", 404, "No such Sluice API endpoint.")
                 return

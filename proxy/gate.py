@@ -10,11 +10,14 @@ every other layer (access log, rate limiter, metrics) builds on.
 from __future__ import annotations
 
 import time
+from typing import Final
 
 from .asgi import ASGIApp, Message, Receive, Scope, Send
 from .context import get_or_create_context
 from .forwarded import TrustedProxies
 from .metrics import Metrics
+
+_monotonic: Final = time.monotonic  # compiled, a C static: no lookup of `time` and its attribute (~250)
 
 
 class Gate:
@@ -38,7 +41,7 @@ class Gate:
                 if body:
                     ctx.bytes_out += len(body)
                     if ctx.ttfb is None:
-                        ctx.ttfb = time.monotonic() - ctx.started
+                        ctx.ttfb = _monotonic() - ctx.started
             elif message["type"] == "http.response.start":
                 ctx.status = message["status"]
                 headers = [*message.get("headers", ()), id_header]
@@ -51,4 +54,4 @@ class Gate:
         try:
             await self.app(scope, receive, tracked_send)
         finally:
-            self.metrics.request_ended(ctx, time.monotonic(), label)
+            self.metrics.request_ended(ctx, _monotonic(), label)

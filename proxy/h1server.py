@@ -60,7 +60,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.server import ServerState
 
-from .headers import connection_tokens, line_breaks
+from .headers import connection_tokens, line_breaks, name_of, value_of
 
 __all__ = ["HEAD_TIMEOUT", "MAX_HEAD_BYTES", "H1Protocol"]
 
@@ -598,8 +598,9 @@ class _Cycle:
         for pair in (*self.conn.server_state.default_headers, *headers):
             # Typed (ASGI header names and values are bytes): compiled, the
             # comparisons below are then byte compares, not generic ones.
-            name: bytes = pair[0]
-            value: bytes = pair[1]
+            # name_of/value_of index a tuple in C, and a list as well.
+            name = name_of(pair)
+            value = value_of(pair)
             if name not in _GOOD_NAMES:  # a name found there is lower-case already
                 name = name.lower()
                 if name not in _GOOD_NAMES:

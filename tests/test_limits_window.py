@@ -127,3 +127,16 @@ def test_the_running_windows_decide_as_the_plain_sliding_window(
                 clock[0] += arg  # long silences: the sweep drops idle keys meanwhile
 
     asyncio.run(play())
+
+
+def test_an_idle_key_leaves_nothing_behind_after_the_sweep() -> None:
+    clock = [1000.0]
+    limiter = MemoryLimiter(clock=lambda: clock[0])
+    limits = Limits(rpm=10, concurrency=2)
+    assert limiter.admit_now("k", limits, "a").allowed
+    limiter.release_now("k", "a")
+    assert limiter.admit_now("k", limits, "b").remaining == 8  # the emptied lease set is reused
+    limiter.release_now("k", "b")
+    clock[0] += 3600  # past the window and the sweep interval
+    assert limiter.admit_now("other", Limits(rpm=1), "c").allowed  # admission runs the sweep
+    assert "k" not in limiter._leases and "k" not in limiter._rpm

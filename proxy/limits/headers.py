@@ -9,13 +9,15 @@ time their retries. Seconds are rounded up: saying "retry in 0 s" when
 
 from __future__ import annotations
 
-import math
-
 from .base import Decision
 
 
 def _seconds(value: float) -> bytes:
-    return b"%d" % max(0, math.ceil(value))
+    # Rounded up by hand: compiled, math.ceil is a generic call.
+    whole = int(value)
+    if whole < value:
+        whole += 1
+    return b"%d" % max(0, whole)
 
 
 def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
@@ -24,8 +26,9 @@ def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     The ``ratelimit-*`` trio is present when the decision has a limit;
     ``retry-after`` (at least 1) when the request was refused.
     """
-    headers: list[tuple[bytes, bytes]] = []
-    if decision.limit is not None:
+    if decision.limit is None:
+        headers: list[tuple[bytes, bytes]] = []
+    else:
         headers = [
             (b"ratelimit-limit", b"%d" % decision.limit),
             (b"ratelimit-remaining", b"%d" % max(0, decision.remaining or 0)),

@@ -19,11 +19,12 @@ from typing import Final
 
 from ..asgi import ASGIApp, Receive, Scope, Send
 from ..config import FailurePolicy
-from ..context import get_context, new_id
+from ..context import http_context, new_id
 from ..errors import send_error
 from ..keys import ClientKey
 from ..limits import Limiter, LimiterUnavailable
 from ..limits.headers import rate_limit_headers
+from ..limits.memory import MemoryLimiter
 from ..metrics import Metrics
 
 logger = logging.getLogger("sluice.rate_limit")
@@ -38,18 +39,25 @@ class RateLimit:
         self.limiter = limiter
         self.metrics = metrics
         self.policy = policy
+        # In process, admission never waits: called directly (see MemoryLimiter).
+        self.memory = limiter if isinstance(limiter, MemoryLimiter) else None
         self._last_log = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ctx = get_context(scope) if scope["type"] == "http" else None
+        ctx = http_context(scope)
         key = ctx.key if ctx is not None else None
         if ctx is None or not isinstance(key, ClientKey) or not key.limits.any:
             await self.app(scope, receive, send)
             return
-        # Unique across processes (the request id may come from the client).
-        lease = new_id()
+        # Unique across processes (the request id may come from the client);
+        # only a concurrency limit holds a lease.
+        lease = new_id() if key.limits.concurrency is not None else ""
+        memory = self.memory
         try:
-            decision = await self.limiter.admit(key.name, key.limits, lease)
+            if memory is not None:
+                decision = memory.admit_now(key.name, key.limits, lease)
+            else:
+                decision = await self.limiter.admit(key.name, key.limits, lease)
         except LimiterUnavailable as exc:
             self.metrics.limiter_errors.inc((self.policy,))
             self._log_unavailable(exc)
@@ -76,7 +84,10 @@ class RateLimit:
             await self.app(scope, receive, send)
         finally:
             if key.limits.concurrency is not None:
-                await self.limiter.release(key.name, lease)
+                if memory is not None:
+                    memory.release_now(key.name, lease)
+                else:
+                    await self.limiter.release(key.name, lease)
             if key.limits.tpm is not None and ctx.usage is not None and ctx.usage.total:
                 await self.limiter.charge_tokens(key.name, ctx.usage.total)
 
