@@ -11,7 +11,15 @@ from hypothesis import strategies as st
 
 import proxy.native
 from proxy.context import RequestContext, Usage
-from proxy.middleware.access_log import _ms, _timestamp, log_line, log_record
+from proxy.middleware.access_log import (
+    _ms,
+    _ms_parts,
+    _NotPlain,
+    _plain_line,
+    _timestamp,
+    log_line,
+    log_record,
+)
 
 
 @given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
@@ -24,13 +32,16 @@ def test_timestamps_match_isoformat_to_the_millisecond(wall: float) -> None:
     assert _timestamp(wall) == expected
 
 
-texts = st.none() | st.text()  # any code point: quotes, controls, lone surrogates
+# Plain text (written as it is) most of the time, else any code point:
+# quotes, backslashes, controls, DEL, past ASCII, lone surrogates.
+plain = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40)
+texts = st.none() | plain | st.text()
 counts = st.none() | st.integers(min_value=0, max_value=10**12)
 
 
 @st.composite
 def contexts(draw: st.DrawFn) -> RequestContext:
-    ctx = RequestContext(request_id=draw(st.text()), method=draw(st.text()), path=draw(st.text()))
+    ctx = RequestContext(request_id=draw(plain | st.text()), method=draw(plain), path=draw(plain | st.text()))
     ctx.started = draw(st.floats(min_value=0, max_value=1e6))
     ctx.started_wall = draw(st.floats(min_value=0, max_value=4_102_444_800))
     ctx.client, ctx.provider, ctx.model, ctx.key_name = draw(texts), draw(texts), draw(texts), draw(texts)
@@ -57,6 +68,31 @@ def test_the_written_line_is_what_json_writes_for_the_record(ctx: RequestContext
     assert line == (text + "\n").encode("utf-8", "replace")
     assert line.count(b"\n") == 1 and line.endswith(b"\n")  # one line, whatever the strings held
     assert list(json.loads(line)) == list(record)
+
+
+@pytest.mark.parametrize("odd", ["\x00", "\x1f", '"', "\\", "\x7f", "é", "\ud800", "\u2028"])
+def test_text_that_needs_escaping_leaves_the_plain_path_and_is_still_exact(odd: str) -> None:
+    ctx = RequestContext(request_id="r", method="POST", path="/v1/chat/completions")
+    assert json.loads(_plain_line(ctx, ctx.started + 0.25))["duration_ms"] == 250.0  # plain: taken
+    for field in ("path", "model", "client", "detail", "upstream_request_id", "credential", "key_name"):
+        ctx = RequestContext(request_id="r", method="POST", path="/v1/chat/completions")
+        setattr(ctx, field, f"a{odd}b")
+        with pytest.raises(_NotPlain):
+            _plain_line(ctx, ctx.started)
+        expected = json.dumps(log_record(ctx, ctx.started), ensure_ascii=False, separators=(",", ":"))
+        assert log_line(ctx, ctx.started) == (expected + "\n").encode("utf-8", "replace")
+
+
+@given(st.floats(min_value=0, max_value=1e9) | st.floats(min_value=0, max_value=10.0))
+@example(0.0)
+@example(0.0000049999)
+@example(999_999.999995)  # the last value written from integers, rounded up past it
+def test_milliseconds_are_written_as_repr_writes_them(seconds: float) -> None:
+    if seconds * 100_000 + 0.5 >= 10**11:
+        with pytest.raises(_NotPlain):  # left to orjson
+            _ms_parts(seconds)
+    else:
+        assert "".join(_ms_parts(seconds)) == repr(_ms(seconds))
 
 
 @given(st.floats(min_value=0, max_value=1e7))
