@@ -106,35 +106,19 @@ def connection_tokens(value: bytes) -> list[bytes]:
     return [token.strip().lower() for token in value.split(b",")]
 
 
-def _connection_tokens(headers: Headers) -> frozenset[bytes]:
-    """Header names listed in ``Connection``: they are hop-by-hop too (RFC 9110 §7.6.1)."""
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name == b"connection":
-            tokens.update(connection_tokens(value))
-    return frozenset(tokens)
+def _without(headers: ScopeHeaders, drop: frozenset[bytes]) -> Headers:
+    """``headers`` as tuples, minus the names in ``drop`` and those ``Connection`` lists.
 
-
-def _drop_set(headers: Headers, base: frozenset[bytes]) -> frozenset[bytes]:
-    # Most responses carry no Connection header: skip the scan for its tokens then.
-    if not any(name == b"connection" for name, _ in headers):
-        return base
-    return base | _connection_tokens(headers)
-
-
-def upstream_request_headers(headers: ScopeHeaders) -> Headers:
-    """Client headers (ASGI: lower-case names) minus hop-by-hop, credentials and client-hop facts.
-
-    One pass over the scope's pairs (an iterable, per ASGI), each read by
-    index (``ScopeHeaders``). Most requests carry no Connection header
-    (HTTP/1.1 keep-alive is the default, HTTP/2 forbids it), so the names it
-    lists are filtered out afterwards, only when there is one.
+    Both directions: a Connection header names more hop-by-hop fields (RFC
+    9110 §7.6.1). One pass, each pair read with ``name_of``/``value_of`` (a
+    scope's may be lists); most messages carry no Connection header, so the
+    names it lists are filtered out afterwards, only when there is one.
     """
     out: Headers = []
     named: list[bytes] = []
     for pair in headers:
         name = name_of(pair)
-        if name not in _REQUEST_DROP:
+        if name not in drop:
             out.append((name, value_of(pair)))
         elif name == b"connection":
             named.extend(connection_tokens(value_of(pair)))
@@ -143,11 +127,15 @@ def upstream_request_headers(headers: ScopeHeaders) -> Headers:
     return out
 
 
+def upstream_request_headers(headers: ScopeHeaders) -> Headers:
+    """Client headers (ASGI: lower-case names) minus hop-by-hop, credentials and client-hop facts."""
+    return _without(headers, _REQUEST_DROP)
+
+
 def client_response_headers(headers: Headers) -> tuple[Headers, bool]:
     """Upstream headers (lower-case names) as the client should see them, and
     whether the body is an event stream."""
-    drop = _drop_set(headers, _RESPONSE_DROP)
-    out = [(n, v) for n, v in headers if n not in drop]
+    out = _without(headers, _RESPONSE_DROP)
     is_sse = False
     has_cache_control = False
     for name, value in out:
