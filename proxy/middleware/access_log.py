@@ -288,6 +288,14 @@ def _plain_line(ctx: RequestContext, now: float) -> bytes:
     request_id, method, path, outcome = ctx.request_id, ctx.method, ctx.path, ctx.outcome
     key, provider, model, client = ctx.key_name, ctx.provider, ctx.model, ctx.client
     detail, upstream_id, credential = ctx.detail, ctx.upstream_request_id, ctx.credential
+    # Decided before the line is built. Formatted here, any value is text;
+    # one that is not a str or None is refused by _text/_str below.
+    texts = (
+        f"{request_id}{method}{path}{outcome}{key or ''}{provider or ''}{model or ''}"
+        f"{client or ''}{detail or ''}{upstream_id or ''}{credential or ''}"
+    ).encode("utf-8", "surrogatepass")
+    if texts.translate(_PLAIN_TABLE) != texts:
+        raise _NotPlain
     second, millis = _timestamp_parts(ctx.started_wall)
     ttfb_int, ttfb_cents = _ms_parts(ctx.ttfb)
     took_int, took_cents = _ms_parts(now - ctx.started)
@@ -304,13 +312,6 @@ def _plain_line(ctx: RequestContext, now: float) -> bytes:
         f'"credential":{_q(credential)}{_text(credential)}{_q(credential)},'
         f'"client":{_q(client)}{_text(client)}{_q(client)}}}\n'
     )
-    # Every text above went through _text or _str: each is a str or None here.
-    texts = (
-        f"{request_id}{method}{path}{outcome}{key or ''}{provider or ''}{model or ''}"
-        f"{client or ''}{detail or ''}{upstream_id or ''}{credential or ''}"
-    ).encode("utf-8", "surrogatepass")
-    if texts.translate(_PLAIN_TABLE) != texts:
-        raise _NotPlain
     return line.encode()
 
 
