@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Final
 
 from .asgi import Message, Receive, Scope, Send
@@ -144,6 +144,7 @@ class _Exchange:
         "upstream",
         "watch_timer",
         "watcher",
+        "watching",
     )
 
     def __init__(
@@ -169,6 +170,7 @@ class _Exchange:
         self.task = asyncio.current_task(self.loop)
         self.watch_timer: asyncio.TimerHandle | None = None
         self.watcher: asyncio.Future[None] | None = None
+        self.watching: Callable[[Receive, Callable[[], None] | None], bool] | None = None
         self.client_gone = False  # the client left: we cancelled ourselves
         self.aborted = False  # the drain window closed: we cancelled ourselves
         self.late = False  # no response headers in time: we cancelled ourselves
@@ -193,6 +195,8 @@ class _Exchange:
                 self.watch_timer.cancel()
             if self.watcher is not None:
                 self.watcher.cancel()
+            if self.watching is not None:
+                self.watching(self.receive, None)
 
     def abort(self) -> None:
         """Called by the drain when its window closes."""
@@ -437,10 +441,22 @@ class _Exchange:
         )
 
     def _watch_for_disconnect(self) -> None:
-        # The watcher is a task; one that answers within WATCH_DELAY never
-        # needs it, and a disconnect is still seen when it starts (the server
-        # remembers it), at most WATCH_DELAY late.
+        # Sluice's own server calls us back when the client goes (h1server,
+        # watch_disconnect): no task, no timer. Otherwise the watcher is a
+        # task waiting in receive(); one that answers within WATCH_DELAY
+        # never needs it, and a disconnect is still seen when it starts (the
+        # server remembers it), at most WATCH_DELAY late.
+        extensions = self.scope.get("extensions")
+        if extensions is not None:
+            watch = extensions.get("sluice.disconnect")
+            if watch is not None and watch(self.receive, self._gone):
+                self.watching = watch
+                return
         self.watch_timer = self.loop.call_later(WATCH_DELAY, self._start_watcher)
+
+    def _gone(self) -> None:
+        if not self.finished:
+            self._client_left()
 
     def _start_watcher(self) -> None:
         self.watch_timer = None
@@ -451,8 +467,7 @@ class _Exchange:
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
-                if not self.finished:
-                    self._client_left()
+                self._gone()
                 return
 
     def _headers_late(self) -> None:

@@ -307,6 +307,7 @@ async def test_the_scope_describes_the_request(version: str) -> None:
     assert scope["server"] == ("127.0.0.1", server.port)
     assert scope["root_path"] == ""
     assert scope["state"] == {}
+    assert set(scope["extensions"]) == {"sluice.disconnect"}
 
 
 async def test_each_request_gets_its_own_copy_of_the_lifespan_state() -> None:
@@ -1015,6 +1016,116 @@ async def test_receive_after_the_response_returns_disconnect_at_once() -> None:
     [(message, waited)] = after
     assert message == {"type": "http.disconnect"}
     assert waited < 0.5
+
+
+# The sluice.disconnect extension: told of the client gone without a task in receive().
+
+
+async def test_the_disconnect_extension_tells_of_a_client_gone_while_the_app_waits_elsewhere() -> None:
+    told: list[float] = []
+    registered: list[bool] = []
+    upstream_cancelled = asyncio.Event()
+
+    def gone() -> None:
+        told.append(time.monotonic())
+        upstream_cancelled.set()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive_all(receive)
+        registered.append(scope["extensions"]["sluice.disconnect"](receive, gone))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await upstream_cancelled.wait()  # like the passthrough waiting on its upstream
+
+    async with running(app) as server:
+        client = await server.connect()
+        await client.send(http_request("POST", "/", body=b"question"))
+        await client.read_head()
+        await asyncio.sleep(0.05)
+        closed_at = time.monotonic()
+        client.close()
+        await eventually(lambda: bool(told), timeout=1)
+        await asyncio.sleep(0.05)
+
+    assert registered == [True]
+    assert len(told) == 1  # once
+    assert told[0] - closed_at < 0.5
+
+
+async def test_the_disconnect_extension_refuses_a_receive_it_did_not_give() -> None:
+    answers: list[bool] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        async def wrapped() -> Message:
+            return await receive()
+
+        watch = scope["extensions"]["sluice.disconnect"]
+        answers.append(watch(wrapped, lambda: None))
+        answers.append(watch(receive, None))
+        await receive_all(wrapped)
+        await respond(send, b"ok")
+
+    async with running(app) as server:
+        client = await server.connect()
+        await client.send(http_request("POST", "/", body=b"x"))
+        assert (await client.response()).body == b"ok"
+
+    assert answers == [False, True]
+
+
+@pytest.mark.parametrize("how", ["response-complete", "withdrawn"])
+async def test_the_disconnect_extension_is_silent_after_the_response_or_once_withdrawn(how: str) -> None:
+    told: list[str] = []
+    done = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive_all(receive)
+        watch = scope["extensions"]["sluice.disconnect"]
+        watch(receive, lambda: told.append("told"))
+        if how == "withdrawn":
+            watch(receive, None)
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"part", "more_body": True})
+            done.set()
+            await closed.wait()
+        else:
+            await respond(send, b"all")
+            done.set()
+
+    async with running(app) as server:
+        client = await server.connect()
+        await client.send(http_request())
+        await client.read_head()
+        await done.wait()
+        client.close()
+        await asyncio.sleep(0.1)
+        closed.set()
+        await asyncio.sleep(0.05)
+
+    assert told == []
+
+
+async def test_the_disconnect_extension_tells_at_once_of_a_client_already_gone() -> None:
+    told: list[str] = []
+    gone = asyncio.Event()
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive_all(receive)
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+        scope["extensions"]["sluice.disconnect"](receive, lambda: told.append("told"))
+        await asyncio.sleep(0.2)
+
+    async with running(app) as server:
+        client = await server.connect()
+        await client.send(http_request("POST", "/", body=b"x"))
+        await asyncio.sleep(0.05)
+        client.close()
+        await asyncio.wait_for(gone.wait(), 1)
+        await eventually(lambda: bool(told), timeout=0.5)
+
+    assert told == ["told"]
 
 
 async def test_send_after_the_client_left_returns_without_raising() -> None:

@@ -10,6 +10,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -149,11 +150,26 @@ async def test_methods_and_query_strings_pass_through(sluice: SluiceProcess, moc
     assert response.body == record.sent
 
 
+@pytest.fixture(scope="module", params=["server-told", "receive-wrapped"])
+def watched(
+    request: pytest.FixtureRequest, sluice: SluiceProcess, mock: MockHandle, sluice_factory: SluiceFactory,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> SluiceProcess:  # fmt: skip
+    """Sluice learns of a client gone two ways: its server tells it (the ``sluice.disconnect``
+    extension), or, behind a layer that wraps ``receive``, it waits in ``receive()``."""
+    if request.param == "server-told":
+        return sluice
+    config = tmp_path_factory.mktemp("wrapped") / "sluice.toml"
+    config.write_text('[middleware]\nchain = ["tests.wrapped_receive:WrappedReceive"]\n')
+    root = Path(__file__).resolve().parent.parent
+    return sluice_factory(**upstream_env(mock), SLUICE_CONFIG=str(config), PYTHONPATH=str(root))
+
+
 async def test_client_disconnect_during_silence_cancels_upstream(
-    sluice: SluiceProcess, mock: MockHandle
+    watched: SluiceProcess, mock: MockHandle
 ) -> None:
     target, headers, body = STREAMS["openai-chat"]
-    conn = await RawConnection.open(sluice.url)
+    conn = await RawConnection.open(watched.url)
     await conn.send_request(
         "POST",
         target,
@@ -174,9 +190,9 @@ async def test_client_disconnect_during_silence_cancels_upstream(
 
 
 async def test_client_disconnect_before_headers_cancels_upstream(
-    sluice: SluiceProcess, mock: MockHandle
+    watched: SluiceProcess, mock: MockHandle
 ) -> None:
-    conn = await RawConnection.open(sluice.url)
+    conn = await RawConnection.open(watched.url)
     await conn.send_request(
         "POST",
         "/v1/messages",
