@@ -1,6 +1,6 @@
 """Instructions per request, counted by callgrind: an A/B that machine noise cannot move.
 
-    .venv/bin/python -m bench.instructions [--chain] [--requests N] [--keep DIR] [TREE ...]
+    .venv/bin/python -m bench.instructions [--chain] [--requests N] [--connections C] [--keep DIR] [TREE ...]
 
 Wall-clock and CPU-time figures on a shared 2-core VM swing by 30 % between
 runs, which hides any change smaller than that. Counting the instructions
@@ -10,6 +10,11 @@ a few percent shows. Each TREE is a Sluice checkout (default: this one), e.g.
 a ``git worktree`` of the commit to compare against. ``make bench-instructions``.
 ``--keep DIR`` keeps the dumps: ``callgrind_annotate --inclusive=yes`` on one
 names the functions the instructions went to.
+
+``--connections C`` sends the requests on C connections at once (C threads,
+outside valgrind), so C requests are in flight together, as under load: the
+garbage collector then has more live objects to scan, for one. The default,
+one connection, repeats best.
 
 What it counts is work, not time: a cache-friendly change can be faster than
 its instruction count says, and a system call counts as one instruction.
@@ -23,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import paths
@@ -41,6 +47,16 @@ def _requests(port: int, key: str, count: int) -> None:
     conn.close()
 
 
+def _concurrently(port: int, key: str, count: int, connections: int) -> None:
+    """``count`` requests over ``connections`` connections at once (the remainder on the first)."""
+    share, rest = divmod(count, connections)
+    with ThreadPoolExecutor(connections) as pool:
+        shares = [share + (rest if i == 0 else 0) for i in range(connections)]
+        futures = [pool.submit(_requests, port, key, n) for n in shares]
+        for future in futures:
+            future.result()
+
+
 def _callgrind_control(option: str, pid: int) -> None:
     tool = shutil.which("callgrind_control") or "callgrind_control"
     subprocess.run([tool, option, str(pid)], check=True, capture_output=True)  # noqa: S603 - our own argv
@@ -53,7 +69,9 @@ def _total(dump: Path) -> int:
     raise RuntimeError(f"no totals in {dump}")
 
 
-def count(tree: Path, upstream_port: int, workdir: Path, chain: bool, requests: int) -> float:
+def count(
+    tree: Path, upstream_port: int, workdir: Path, chain: bool, requests: int, connections: int = 1
+) -> float:
     """Instructions Sluice (from ``tree``) executes per request, averaged over ``requests``."""
     keys = workdir / "keys.toml" if chain else None
     key = paths.create_bench_key(keys) if keys is not None else "no-key-needed"
@@ -70,9 +88,10 @@ def count(tree: Path, upstream_port: int, workdir: Path, chain: bool, requests: 
         proc = subprocess.Popen(argv, env=env, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
     try:
         paths._wait_http(port, "/healthz", timeout=300)  # start-up under valgrind is slow
-        _requests(port, key, 100)  # warm: imports, caches, the upstream connection
+        # Warm: imports, caches, the upstream connections.
+        _concurrently(port, key, 100 * connections, connections)
         _callgrind_control("-z", proc.pid)  # zero the counters
-        _requests(port, key, requests)
+        _concurrently(port, key, requests, connections)
         _callgrind_control("-d", proc.pid)  # dump them
     finally:
         proc.terminate()
@@ -91,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("trees", nargs="*", type=Path, default=[Path(__file__).resolve().parents[1]])
     parser.add_argument("--chain", action="store_true", help="keys, rate limits and the access log on")
     parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--connections", type=int, default=1, help="connections sending at once")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="copy the callgrind dumps here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sluice-icount-") as tmp:
@@ -99,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
             for i, tree in enumerate(args.trees):
                 workdir = Path(tmp) / f"tree{i}"
                 workdir.mkdir()
-                per_request = count(tree.resolve(), upstream.port, workdir, args.chain, args.requests)
+                per_request = count(
+                    tree.resolve(), upstream.port, workdir, args.chain, args.requests, args.connections
+                )
                 if args.keep is not None:
                     args.keep.mkdir(parents=True, exist_ok=True)
                     name = f"callgrind.tree{i}.chain" if args.chain else f"callgrind.tree{i}"
