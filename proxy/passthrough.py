@@ -193,8 +193,12 @@ class _Exchange:
                 self.ctx.outcome, self.ctx.detail = "client_disconnected", None
             if self.watch_timer is not None:
                 self.watch_timer.cancel()
-            if self.watcher is not None:
-                self.watcher.cancel()
+            # Dropped, not only cancelled: the CancelledError it ends with
+            # keeps its frame, whose `self` is this exchange; through
+            # self.watcher that would be a cycle holding the whole request.
+            watcher, self.watcher = self.watcher, None
+            if watcher is not None:
+                watcher.cancel()
             if self.watching is not None:
                 self.watching(self.receive, None)
 

@@ -76,13 +76,14 @@ class UsageTap:
         self._model_tries = 2  # events parsed only to learn the model name
         self._in = self._out = 0  # compressed bytes fed, decompressed bytes produced
         self._failed = self._done = False
-        self._take: Callable[[bytes], None] = self._take_json
+        # Which of _take_json and _take_sse reads the body is decided by
+        # _scanner in _take: a bound method kept in an attribute would make
+        # every tap a reference cycle, freed only by the cyclic collector.
         self._decode: Callable[[bytes], None] | None = None
         kind = _media_kind(content_type)
         self._off = kind is None  # audio, files, text…: nothing to read, feed returns at once
         if kind == "sse":
             self._scanner = SseScanner(max_event_bytes=max_body_bytes)
-            self._take = self._take_sse
         elif kind == "json":
             self._body = bytearray()
         if kind is not None and content_encoding:
@@ -122,6 +123,8 @@ class UsageTap:
         if not self._done:
             self._done = True
             self._off = True
+            # A decoder holds self._take_decoded: dropping it ends that cycle.
+            self._decode = None
             try:
                 self._finish()
             except Exception:
@@ -150,6 +153,13 @@ class UsageTap:
         if self._out > self._max and self._out > _MAX_RATIO * self._in:
             raise _GiveUp("decompression bomb")
         self._take(piece)
+
+    def _take(self, data: bytes) -> None:
+        """The (decompressed) body, to the reader its kind needs."""
+        if self._scanner is None:
+            self._take_json(data)
+        else:
+            self._take_sse(data)
 
     def _take_json(self, data: bytes) -> None:
         assert self._body is not None
@@ -372,19 +382,39 @@ def _brotli(sink: Sink) -> Callable[[bytes], None]:
 
 
 class _Zstd:
-    """zstandard's stream_writer hands us (as its file) at most _STEP bytes at a time."""
+    """zstandard's stream_writer hands its file (a _ZstdOut) at most _STEP bytes at a time.
+
+    The writer is not seen by the cyclic collector, so nothing it holds may
+    lead back to it: a cycle through it would never be freed. Its file is not
+    this object, and holds the sink only during ``feed``.
+    """
 
     def __init__(self, sink: Sink) -> None:
-        self._sink, self._consumed = sink, 0
-        self._writer = _optional("zstandard").ZstdDecompressor().stream_writer(self, write_size=_STEP)
+        self._sink = sink
+        self._out = _ZstdOut()
+        self._writer = _optional("zstandard").ZstdDecompressor().stream_writer(self._out, write_size=_STEP)
 
     def feed(self, data: bytes) -> None:
-        self._consumed += len(data)
-        self._writer.write(data)
+        out = self._out
+        out.consumed += len(data)
+        out.sink = self._sink
+        try:
+            self._writer.write(data)
+        finally:
+            out.sink = None
+
+
+class _ZstdOut:
+    __slots__ = ("consumed", "sink")
+
+    def __init__(self) -> None:
+        self.sink: Sink | None = None
+        self.consumed = 0
 
     def write(self, piece: bytes) -> int:
-        self._sink(piece, self._consumed)
-        self._consumed = 0
+        if self.sink is not None:
+            self.sink(piece, self.consumed)
+        self.consumed = 0
         return len(piece)
 
 
