@@ -1,14 +1,46 @@
-"""The end of the middleware chain: provider passthrough, or Sluice's own API.
+"""Where a request goes: the app's two ends.
 
-Both sit behind the same chain (access log, auth, rate limits), so a request
-to ``/api/…`` is authenticated, limited and logged like any other.
+:class:`SluiceApp` is the top of the app: Starlette for lifespan and the
+plain routes, the middleware chain for the rest. :class:`Dispatch` is the
+end of that chain: provider passthrough, or Sluice's own API. Both sit behind
+the same chain (access log, auth, rate limits), so a request to ``/api/…``
+is authenticated, limited and logged like any other.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from .asgi import ASGIApp, Receive, Scope, Send
 from .context import http_context
 from .errors import send_error
+
+
+class SluiceApp:
+    """The top-level ASGI app: Starlette for lifespan and the plain routes, the chain for the rest.
+
+    Provider traffic goes straight to the middleware chain instead of through
+    Starlette's error and exception middleware, router, mount and two ``send``
+    wrappers per message: layers with nothing to do for it. (A sampling profile
+    put them at ~12% of the CPU per request; an interleaved A/B of CPU per
+    request measured 643 → 620 µs, within that A/B's noise.)
+
+    Compiled, here rather than in app.py: every step of a request's task
+    resumes this coroutine, and interpreted that was a pass through the
+    bytecode loop each time (~3 k instructions a request).
+    """
+
+    def __init__(self, plain: ASGIApp, chain: ASGIApp, plain_paths: frozenset[str], state: Any) -> None:
+        self.plain = plain
+        self.chain = chain
+        self.plain_paths = plain_paths
+        self.state = state  # Starlette's: for introspection in tests and embedding
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in self.plain_paths:
+            await self.chain(scope, receive, send)
+        else:
+            await self.plain(scope, receive, send)
 
 
 class Dispatch:

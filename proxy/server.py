@@ -15,8 +15,9 @@ import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors import Multiprocess
 
-from .app import SluiceApp, create_app
+from .app import create_app
 from .config import Settings
+from .dispatch import SluiceApp
 from .eventloop import UVICORN_LOOP
 from .h1server import H1Protocol
 
