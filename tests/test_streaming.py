@@ -86,9 +86,10 @@ async def test_event_stream_headers(sluice: SluiceProcess, mock: MockHandle) -> 
     assert response.header_count("server") == 0
 
 
-async def test_chunks_arrive_as_paced_not_in_one_burst(sluice: SluiceProcess) -> None:
+async def _paced_stream_problem(url: str) -> str | None:
+    """What is wrong with one paced stream's arrival (8 tokens 50 ms apart), or None."""
     target, headers, body = STREAMS["openai-chat"]
-    conn = await RawConnection.open(sluice.url)
+    conn = await RawConnection.open(url)
     try:
         await conn.send_request(
             "POST",
@@ -105,10 +106,25 @@ async def test_chunks_arrive_as_paced_not_in_one_burst(sluice: SluiceProcess) ->
     token_arrivals = [t for t, data in response.chunks for _ in re.finditer(rb'"content":"[^"]', data)]
     assert len(token_arrivals) == 8
     per_read = [len(re.findall(rb'"content":"[^"]', data)) for _, data in response.chunks]
-    assert max(per_read) == 1, f"tokens were batched: {per_read}"
     gaps = [b - a for a, b in itertools.pairwise(token_arrivals)]
-    assert min(gaps) > 0.025, gaps
-    assert token_arrivals[-1] - token_arrivals[0] > 0.3
+    if max(per_read) != 1:
+        return f"tokens were batched: {per_read}"
+    if min(gaps) <= 0.025 or token_arrivals[-1] - token_arrivals[0] <= 0.3:
+        return f"not paced: {gaps}"
+    return None
+
+
+async def test_chunks_arrive_as_paced_not_in_one_burst(sluice: SluiceProcess) -> None:
+    # A stall of this VM (tens of ms, in any of the three processes) can put
+    # two tokens in one read on its own, so one clean stream of three tries
+    # passes; a proxy that batches never produces one.
+    problems = []
+    for _ in range(3):
+        problem = await _paced_stream_problem(sluice.url)
+        if problem is None:
+            return
+        problems.append(problem)
+    pytest.fail("; ".join(problems))
 
 
 async def test_gzip_body_passes_compressed_and_decodes(sluice: SluiceProcess, mock: MockHandle) -> None:
