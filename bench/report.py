@@ -190,9 +190,13 @@ _METHOD = """\
 - Scenario 1: one keep-alive connection, {c1_rate:g} req/s at a fixed rate for {c1_seconds:g} s.
 - Scenario 2: a {tput_probe_seconds:g} s closed-loop probe on 64 connections estimates saturation;
   open-loop Poisson steps of {tput_step_seconds:g} s then descend through {fractions} of it until
-  one has p99 < {p99_limit:g} ms and no error, and one more step tries halfway back up. A step that
+  one has p99 < {p99_limit:g} ms and no error; {tput_refinements} bisection steps then narrow the gap
+  between that rate and the failing one above it (to about 2 % of the probe). A step that
   fails on its p99 alone (no error) is run once more at the same rate, for every path alike: on a shared
-  VM one stall of a few tens of ms fails a one-second step by itself.
+  VM one stall of a few tens of ms fails a one-second step by itself. The chain's cost is taken
+  apart, from {chain_pairs} pairs of {chain_pair_seconds:g} s closed-loop windows (64 connections) on
+  sluice and sluice+chain back to back, the order alternating: 1 - the median of the pairs' rate
+  ratios. Each path's search takes a minute, and the VM's speed drifts by tens of percent over that.
 - Scenario 3: {stream_rate:g} new streams/s for {stream_seconds:g} s, each {stream_chunks} SSE events
   {stream_interval_ms:g} ms apart (the first one with the headers).
 - Scenario 4: N streams started evenly over {sweep_ramp_seconds:g} s, each {sweep_chunks} events
@@ -205,7 +209,8 @@ _METHOD = """\
 
 
 def _method(meta: dict[str, Any]) -> list[str]:
-    p = meta["plan"]
+    # Results from before these were settings: one refinement step, no pairs.
+    p = {"tput_refinements": 1, "chain_pairs": 0, "chain_pair_seconds": 0, **meta["plan"]}
     text = _METHOD.format(
         proxy_core=PROXY_CORE,
         harness_core=HARNESS_CORE,

@@ -30,7 +30,7 @@ from . import machine, paths, report
 from .meter import wait_quiet
 from .paths import Target
 from .profile import profile
-from .scenarios import Plan, Wires, idle_memory, latency_c1, streaming, sweep_level, throughput
+from .scenarios import Plan, Wires, idle_memory, latency_c1, saturation, streaming, sweep_level, throughput
 
 SCENARIOS = ("c1", "tput", "stream", "sweep", "memory")
 
@@ -45,6 +45,8 @@ QUICK = Plan(
     sweep_chunks=6,
     sweep_ramp_seconds=0.5,
     idle_streams=3000,
+    chain_pairs=2,
+    chain_pair_seconds=1.0,
 )
 
 _t0 = time.monotonic()
@@ -117,6 +119,23 @@ async def in_rounds(
     return out
 
 
+async def chain_pairs(targets: list[Target], plan: Plan, wires: Wires) -> dict[str, list[dict[str, Any]]]:
+    """Sluice and Sluice+chain at saturation, back to back, ``plan.chain_pairs`` times.
+
+    The order alternates from pair to pair, so a drift of the machine's speed
+    within a pair favours each path as often as the other.
+    """
+    out: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+    for pair in range(plan.chain_pairs):
+        ordered = targets if pair % 2 == 0 else targets[::-1]
+        for t in ordered:
+            res = await measured(lambda t=t: saturation(t, plan, wires))  # type: ignore[misc]
+            out[t.name].append(res)
+        rates = "  ".join(f"{t.name} {out[t.name][-1]['rps']:,.0f}" for t in targets)
+        log(f"chain pair {pair + 1}/{plan.chain_pairs}: {rates} req/s")
+    return out
+
+
 def idle_stream_count(wanted: int) -> tuple[int, str | None]:
     """A proxied stream holds two sockets in the proxy; the hard open-files limit caps them."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -184,6 +203,8 @@ async def orchestrate(
                     f"closed loop {x['closed_loop_rps']:,.0f}"
                 ),
             )
+            sluices = [t for t in targets if t.name.startswith("sluice")]
+            raw["chain_pairs"] = await chain_pairs(sluices, plan, wires)
         if "stream" in only:
             raw["streaming"] = await in_rounds(
                 "stream",

@@ -43,6 +43,15 @@ class Plan:
     tput_probe_seconds: float = 0.7
     tput_step_seconds: float = 1.0
     tput_fractions: tuple[float, ...] = (0.85, 0.7, 0.55, 0.4, 0.25, 0.1)
+    # Halvings of the gap between the passing fraction and the failing one
+    # above it: three take the 15-point steps to about 2 points of the probe.
+    # With one, a path just under a step read up to 15 % low, and the chain's
+    # cost moved by that much from round to round.
+    tput_refinements: int = 3
+    # The chain's cost, measured apart: short closed-loop windows on Sluice
+    # and Sluice+chain in turn (the order alternating), each pair a ratio.
+    chain_pairs: int = 8
+    chain_pair_seconds: float = 2.0
     stream_chunks: int = 64
     stream_interval_ms: float = 20.0
     stream_rate: float = 20.0  # new streams/s: about 26 open at once, 1,300 chunks/s
@@ -168,8 +177,8 @@ async def throughput(target: Target, plan: Plan, wires: Wires, seed: int) -> dic
     """Scenario 2: the highest Poisson arrival rate with p99 < 50 ms and no error.
 
     A closed-loop probe (64 connections) estimates saturation; open-loop steps
-    then descend from 85 % of it until one passes, and one refinement step
-    tries halfway back up.
+    then descend from 85 % of it until one passes, and ``tput_refinements``
+    bisection steps narrow the gap to the failing step above it.
     """
     await _warm(target, wires.json)
     pool = Pool(HOST, target.port, 64)
@@ -204,9 +213,13 @@ async def throughput(target: Target, plan: Plan, wires: Wires, seed: int) -> dic
     for i, f in enumerate(plan.tput_fractions):
         if await attempt(f * probe, seed + i):
             best = steps[-1]
-            mid = (f + last_fail) / 2
-            if await attempt(mid * probe, seed + 99):
-                best = steps[-1]
+            low, high = f, last_fail
+            for k in range(plan.tput_refinements):
+                mid = (low + high) / 2
+                if await attempt(mid * probe, seed + 99 + k):
+                    best, low = steps[-1], mid
+                else:
+                    high = mid
             break
         last_fail = f
     # The step that failed just above the best one says what limited the rate:
@@ -225,6 +238,28 @@ async def throughput(target: Target, plan: Plan, wires: Wires, seed: int) -> dic
         "foreign_cpu": max(s["foreign_cpu"] for s in steps),
         "hash_mismatches": sum(s["hash_mismatches"] for s in steps),
         "steps": steps,
+    }
+
+
+async def saturation(target: Target, plan: Plan, wires: Wires) -> dict[str, Any]:
+    """Requests/s with 64 connections each sending its next request as soon as the last returns.
+
+    The chain's cost is the ratio of two of these taken back to back
+    (``chain_pairs``): the VM's speed drifts by tens of percent over a
+    minute, which the open-loop search of scenario 2, a minute per path and
+    round, cannot tell from the chain's own cost.
+    """
+    pool = Pool(HOST, target.port, 64)
+    await pool.fill(64)
+    meter = Meter(target.pid)
+    done = await closed_loop(pool, lambda t: Req(wires.json, t), 64, plan.chain_pair_seconds)
+    window = meter.stop()
+    pool.close()
+    return {
+        "rps": done / plan.chain_pair_seconds,
+        "cpu_us_per_request": window["proxy_cpu_s"] / max(done, 1) * 1e6,
+        "core_util": window["core_util"],
+        "foreign_cpu": window["foreign_cpu"],
     }
 
 

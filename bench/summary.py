@@ -141,7 +141,9 @@ def collapsed_rounds(rounds: dict[str, list[dict[str, Any]]], key: str) -> dict[
     return out
 
 
-def throughput(rounds: dict[str, list[dict[str, Any]]]) -> tuple[list[Row], dict[str, Any]]:
+def throughput(
+    rounds: dict[str, list[dict[str, Any]]], pairs: dict[str, list[dict[str, Any]]] | None = None
+) -> tuple[list[Row], dict[str, Any]]:
     s = "2. Max sustained req/s (p99 < 50 ms, 0 errors)"
     best = figure(rounds, "max_rps", s, "max sustained requests/s")
     collapsed = collapsed_rounds(rounds, "max_rps")
@@ -194,11 +196,17 @@ def throughput(rounds: dict[str, list[dict[str, Any]]]) -> tuple[list[Row], dict
         best.notes.append(
             "so Sluice ÷ nginx is an upper bound: nginx would do at least as well on a faster harness"
         )
-    chain = Row(s, "default chain cost (1 - chain ÷ Sluice)", {})
+    chain = Row(s, "default chain cost from the max sustained rates (1 - chain ÷ Sluice)", {})
     skip = collapsed.get("sluice+chain", none) | collapsed.get("sluice", none)
-    cost = 1 - _paired(rounds, "max_rps", "sluice+chain", "sluice", "/", skip)
-    chain.values = {"sluice+chain": cost}
-    chain.target, chain.status = "≤ 15 %", verdict(_le(cost, 0.15))
+    chain.values = {"sluice+chain": 1 - _paired(rounds, "max_rps", "sluice+chain", "sluice", "/", skip)}
+    paired = chain_cost(pairs) if pairs else None
+    if paired is None:
+        chain.target, chain.status = "≤ 15 %", verdict(_le(chain.values["sluice+chain"], 0.15))
+    else:
+        chain.notes.append(
+            "supporting figure: one search per path and round, a minute apart, so the VM's drift "
+            "moves it by tens of percent; the paired figure above carries the target"
+        )
     # The same cost from CPU per request, which other processes on the machine disturb far less.
     cpu_cost = Row(s, "chain cost from CPU per request (1 - Sluice ÷ chain)", {})
     cpu_cost.values = {
@@ -210,10 +218,36 @@ def throughput(rounds: dict[str, list[dict[str, Any]]]) -> tuple[list[Row], dict
         figure(rounds, "p99_at_max", s, "p99 at that rate (ms)"),
         figure(rounds, "closed_loop_rps", s, "closed-loop probe, 64 connections (req/s)"),
         figure(rounds, "cpu_us_per_request", s, "proxy CPU per request at max (µs)"),
+        *([paired] if paired is not None else []),
         chain,
         cpu_cost,
     ]
     return rows, harness
+
+
+def chain_cost(pairs: dict[str, list[dict[str, Any]]]) -> Row | None:
+    """The chain's cost of throughput, from saturation rates taken back to back (``chain_pairs``)."""
+    plain, chained = pairs.get("sluice", []), pairs.get("sluice+chain", [])
+    pairs_ = zip(plain, chained, strict=False)
+    ratios = [_get(c, "rps") / _get(p, "rps") for p, c in pairs_ if _get(p, "rps") > 0]
+    if not ratios:
+        return None
+    cost = 1 - _med(ratios)
+    row = Row(
+        "2. Max sustained req/s (p99 < 50 ms, 0 errors)",
+        "default chain cost, paired saturation rates (1 - chain ÷ Sluice)",
+        {"sluice+chain": cost},
+    )
+    row.target, row.status = "≤ 15 %", verdict(_le(cost, 0.15))
+    spread = sorted(1 - r for r in ratios)
+    row.notes.append(
+        f"the median of {len(ratios)} pairs of closed-loop windows (64 connections) on Sluice and "
+        f"Sluice+chain back to back, the order alternating; each pair's cost: "
+        + ", ".join(f"{c:.0%}" for c in spread)
+        + f"; median rates {_med([_get(p, 'rps') for p in plain]):,.0f} and "
+        + f"{_med([_get(c, 'rps') for c in chained]):,.0f} req/s"
+    )
+    return row
 
 
 def _util(r: dict[str, Any], key: str, core: int) -> float:
@@ -338,7 +372,7 @@ def summarize(raw: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
     if "latency_c1" in raw:
         rows += latency_c1(raw["latency_c1"])
     if "throughput" in raw:
-        tput, harness = throughput(raw["throughput"])
+        tput, harness = throughput(raw["throughput"], raw.get("chain_pairs"))
         rows += tput
     if "streaming" in raw:
         rows += streaming(raw["streaming"])
