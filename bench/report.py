@@ -194,9 +194,9 @@ _METHOD = """\
   between that rate and the failing one above it (to about 2 % of the probe). A step that
   fails on its p99 alone (no error) is run once more at the same rate, for every path alike: on a shared
   VM one stall of a few tens of ms fails a one-second step by itself. The chain's cost is taken
-  apart, from {chain_pairs} pairs of {chain_pair_seconds:g} s closed-loop windows (64 connections) on
-  sluice and sluice+chain back to back, the order alternating: 1 - the median of the pairs' rate
-  ratios. Each path's search takes a minute, and the VM's speed drifts by tens of percent over that.
+  apart, from {chain_pairs} groups of four {chain_pair_seconds:g} s closed-loop windows (64 connections)
+  on sluice and sluice+chain, A B B A then B A A B: 1 - the median of the groups' rate ratios. Each
+  path's search takes a minute, and the VM's speed drifts by tens of percent over that.
 - Scenario 3: {stream_rate:g} new streams/s for {stream_seconds:g} s, each {stream_chunks} SSE events
   {stream_interval_ms:g} ms apart (the first one with the headers).
 - Scenario 4: N streams started evenly over {sweep_ramp_seconds:g} s, each {sweep_chunks} events

@@ -48,9 +48,9 @@ class Plan:
     # With one, a path just under a step read up to 15 % low, and the chain's
     # cost moved by that much from round to round.
     tput_refinements: int = 3
-    # The chain's cost, measured apart: short closed-loop windows on Sluice
-    # and Sluice+chain in turn (the order alternating), each pair a ratio.
-    chain_pairs: int = 8
+    # The chain's cost, measured apart: groups of four short closed-loop
+    # windows on Sluice and Sluice+chain (A B B A), each group a ratio.
+    chain_pairs: int = 4
     chain_pair_seconds: float = 2.0
     stream_chunks: int = 64
     stream_interval_ms: float = 20.0
@@ -244,7 +244,7 @@ async def throughput(target: Target, plan: Plan, wires: Wires, seed: int) -> dic
 async def saturation(target: Target, plan: Plan, wires: Wires) -> dict[str, Any]:
     """Requests/s with 64 connections each sending its next request as soon as the last returns.
 
-    The chain's cost is the ratio of two of these taken back to back
+    The chain's cost is the ratio of these taken back to back in groups
     (``chain_pairs``): the VM's speed drifts by tens of percent over a
     minute, which the open-loop search of scenario 2, a minute per path and
     round, cannot tell from the chain's own cost.
