@@ -173,6 +173,17 @@ async def _open_loop_step(
     }
 
 
+async def _saturate(target: Target, wires: Wires, seconds: float) -> tuple[int, dict[str, Any]]:
+    """Requests done on 64 connections, each sending again once answered; the meter's window."""
+    pool = Pool(HOST, target.port, 64)
+    await pool.fill(64)
+    meter = Meter(target.pid)
+    done = await closed_loop(pool, lambda t: Req(wires.json, t), 64, seconds)
+    window = meter.stop()
+    pool.close()
+    return done, window
+
+
 async def throughput(target: Target, plan: Plan, wires: Wires, seed: int) -> dict[str, Any]:
     """Scenario 2: the highest Poisson arrival rate with p99 < 50 ms and no error.
 
@@ -181,12 +192,7 @@ async def throughput(target: Target, plan: Plan, wires: Wires, seed: int) -> dic
     bisection steps narrow the gap to the failing step above it.
     """
     await _warm(target, wires.json)
-    pool = Pool(HOST, target.port, 64)
-    await pool.fill(64)
-    meter = Meter(target.pid)
-    done = await closed_loop(pool, lambda t: Req(wires.json, t), 64, plan.tput_probe_seconds)
-    probe_window = meter.stop()
-    pool.close()
+    done, probe_window = await _saturate(target, wires, plan.tput_probe_seconds)
     probe = done / plan.tput_probe_seconds
     steps: list[dict[str, Any]] = []
 
@@ -249,12 +255,7 @@ async def saturation(target: Target, plan: Plan, wires: Wires) -> dict[str, Any]
     minute, which the open-loop search of scenario 2, a minute per path and
     round, cannot tell from the chain's own cost.
     """
-    pool = Pool(HOST, target.port, 64)
-    await pool.fill(64)
-    meter = Meter(target.pid)
-    done = await closed_loop(pool, lambda t: Req(wires.json, t), 64, plan.chain_pair_seconds)
-    window = meter.stop()
-    pool.close()
+    done, window = await _saturate(target, wires, plan.chain_pair_seconds)
     return {
         "rps": done / plan.chain_pair_seconds,
         "cpu_us_per_request": window["proxy_cpu_s"] / max(done, 1) * 1e6,
