@@ -128,7 +128,8 @@ class RedisStore:
                 await asyncio.sleep(1.0)
             finally:
                 with contextlib.suppress(*_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    # Typed in newer redis releases (8.2), untyped in older ones pyproject allows.
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     async def close(self) -> None:
         if self._listener is not None:
