@@ -173,7 +173,8 @@ _METHOD = """\
 
 - The proxy under test is pinned to core {proxy_core} (`taskset`); the load generator (this process) and
   the upstream share core {harness_core}. Paths run in interleaved rounds (direct, nginx, sluice,
-  sluice+chain, then again: {rounds} rounds per scenario, {sweep_rounds} per sweep level). Each
+  sluice+chain, then again: {rounds} rounds per scenario, {sweep_rounds} per sweep level); in
+  scenarios 1 and 3 every round measures all four at once, request by request (below). Each
   measurement first waits (up to 3 s) for other processes to go quiet, records the CPU they used
   during it, and is run once more (within a time budget) when they used over a quarter of a core.
 - nginx: one worker, `proxy_buffering off`, HTTP/1.1 to an upstream block with `keepalive 256`, no
@@ -187,7 +188,10 @@ _METHOD = """\
   Generator: `bench/loadgen.py`, open loop: requests are released on a fixed-rate or Poisson schedule,
   never held back by slow responses, and latency is measured from the scheduled time. Every read is
   timestamped and every body is de-chunked and hashed (SHA-256) against the upstream's own bytes.
-- Scenario 1: one keep-alive connection, {c1_rate:g} req/s at a fixed rate for {c1_seconds:g} s.
+- Scenario 1: one keep-alive connection per path, {c1_rate:g} req/s each at a fixed rate for
+  {c1_seconds:g} s, every path in the same window, their releases interleaved (direct, nginx, sluice,
+  sluice+chain, direct, ...; the order turned one place each round): the VM's stalls, milliseconds long
+  and bursty, land on every path alike instead of deciding whichever path's window they fell in.
 - Scenario 2: a {tput_probe_seconds:g} s closed-loop probe on 64 connections estimates saturation;
   open-loop Poisson steps of {tput_step_seconds:g} s then descend through {fractions} of it until
   one has p99 < {p99_limit:g} ms and no error; {tput_refinements} bisection steps then narrow the gap
@@ -197,8 +201,9 @@ _METHOD = """\
   apart, from {chain_pairs} groups of four {chain_pair_seconds:g} s closed-loop windows (64 connections)
   on sluice and sluice+chain, A B B A then B A A B: 1 - the median of the groups' rate ratios. Each
   path's search takes a minute, and the VM's speed drifts by tens of percent over that.
-- Scenario 3: {stream_rate:g} new streams/s for {stream_seconds:g} s, each {stream_chunks} SSE events
-  {stream_interval_ms:g} ms apart (the first one with the headers).
+- Scenario 3: {stream_rate:g} new streams/s a path for {stream_seconds:g} s, each {stream_chunks} SSE
+  events {stream_interval_ms:g} ms apart (the first one with the headers), interleaved across the paths
+  like scenario 1.
 - Scenario 4: N streams started evenly over {sweep_ramp_seconds:g} s, each {sweep_chunks} events
   {sweep_interval_ms:g} ms apart: slower pacing than scenario 3, so that 5,000 streams stay within what
   the single harness core can send and read. A stall is a gap of {stall:g} ms or more. CPU per chunk

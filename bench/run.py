@@ -3,7 +3,9 @@
     .venv/bin/python -m bench.run [--quick] [--rounds N] [--only c1,tput,stream,sweep,memory]
 
 Runs direct, nginx, Sluice and Sluice with its default middleware chain in
-interleaved rounds (every path once per round, in turn), the proxy under test
+interleaved rounds: the low-load scenarios (1 and 3) send every path's
+requests in one window, interleaved request by request; the others measure
+each path once per round, in turn. The proxy under test runs
 on core 0, the load generator (this process) and the upstream on core 1.
 Writes ``bench/results/results.json``, ``results.md`` and PNG charts.
 """
@@ -119,6 +121,29 @@ async def in_rounds(
     return out
 
 
+async def interleaved(
+    name: str,
+    targets: list[Target],
+    rounds: int,
+    run: Callable[[list[Target]], Awaitable[dict[str, Any]]],
+    brief: Callable[[dict[str, Any]], str],
+) -> dict[str, list[dict[str, Any]]]:
+    """Rounds in which every path is measured at once, its requests interleaved with the others'.
+
+    Each round turns the order one place (direct first, then nginx first,
+    ...), so no path always follows the same neighbour.
+    """
+    out: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+    for r in range(rounds):
+        k = r % len(targets)
+        order = targets[k:] + targets[:k]
+        res = await measured(lambda order=order: run(order))  # type: ignore[misc]
+        for t in targets:
+            out[t.name].append({**res["paths"][t.name], "attempt": res["attempt"]})
+            log(f"{name} round {r + 1}/{rounds} {t.name:<13} {brief(out[t.name][-1])}")
+    return out
+
+
 async def chain_pairs(targets: list[Target], plan: Plan, wires: Wires) -> dict[str, list[dict[str, Any]]]:
     """Sluice and Sluice+chain at saturation, in ``plan.chain_pairs`` groups of four windows.
 
@@ -190,11 +215,11 @@ async def orchestrate(
         log("started: " + ", ".join(f"{t.name} :{t.port}" for t in targets))
         gc.freeze()  # what exists now never needs scanning again
         if "c1" in only:
-            raw["latency_c1"] = await in_rounds(
+            raw["latency_c1"] = await interleaved(
                 "c1",
                 targets,
                 plan.rounds,
-                lambda t, r: latency_c1(t, plan, wires),
+                lambda order: latency_c1(order, plan, wires),
                 lambda x: f"p50 {x['p50']:.3f} ms p99 {x['p99']:.3f} ms errors {x['errors']}",
             )
         if "tput" in only:
@@ -211,11 +236,11 @@ async def orchestrate(
             sluices = [t for t in targets if t.name.startswith("sluice")]
             raw["chain_pairs"] = await chain_pairs(sluices, plan, wires)
         if "stream" in only:
-            raw["streaming"] = await in_rounds(
+            raw["streaming"] = await interleaved(
                 "stream",
                 targets,
                 plan.rounds,
-                lambda t, r: streaming(t, plan, wires),
+                lambda order: streaming(order, plan, wires),
                 lambda x: (
                     f"ttfb p99 {x['ttfb'].get('p99', float('nan')):.3f} ms, "
                     f"gap p99 {x['gap'].get('p99', float('nan')):.3f} ms, separate {x['separate']}"
