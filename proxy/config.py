@@ -126,6 +126,7 @@ class Settings:
     redis_url: str | None = field(default=None, repr=False)  # may hold a password
     redis_failure: FailurePolicy = "open"
     access_log: str = "stdout"  # stdout, stderr, off, or a file path
+    access_log_flush: float = 0.05  # seconds a line may wait for its batch; 0: the loop step's end
     log_bodies: bool = False
     openai_include_usage: bool = False
     # Bodies are read whole only to check a key's model list; this bounds that.
@@ -266,6 +267,7 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
         "redis_url": _parse(env, "SLUICE_REDIS_URL", None, _redis_url),
         "redis_failure": _parse(env, "SLUICE_REDIS_FAILURE", "open", _choice("open", "closed")),
         "access_log": _parse(env, "SLUICE_ACCESS_LOG", "stdout", str),
+        "access_log_flush": _parse(env, "SLUICE_ACCESS_LOG_FLUSH", 0.05, _non_negative_float),
         "log_bodies": _parse(env, "SLUICE_LOG_BODIES", False, _boolean),
         "openai_include_usage": _parse(env, "SLUICE_OPENAI_INCLUDE_USAGE", False, _boolean),
         "trusted_proxies": _parse(env, "SLUICE_TRUSTED_PROXIES", _NO_NETWORKS, parse_networks),

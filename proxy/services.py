@@ -50,7 +50,7 @@ class Services:
             metrics=metrics,
             keys=KeyStore(settings.keys_file) if settings.auth_enforced and settings.keys_file else None,
             limiter=limiter,
-            access_log=LogWriter(settings.access_log),
+            access_log=LogWriter(settings.access_log, settings.access_log_flush),
             drain=Drain(settings.drain_timeout),
             pools=pools,
         )

@@ -1,4 +1,8 @@
-"""Reading Sluice's JSON access log in tests (lines are written when requests end)."""
+"""Reading Sluice's JSON access log in tests.
+
+Lines are written in batches, up to ``SLUICE_ACCESS_LOG_FLUSH`` (50 ms)
+after their request ended: a test waits for them rather than reading at once.
+"""
 
 from __future__ import annotations
 
@@ -29,3 +33,15 @@ def wait_for_line(paths: Iterable[Path], request_id: str, timeout: float = 5.0) 
                 return line
         time.sleep(0.02)
     raise AssertionError(f"no access-log line for {request_id}")
+
+
+def wait_for_count(paths: Iterable[Path], count: int, timeout: float = 5.0) -> list[dict[str, object]]:
+    """The lines of ``paths`` once there are ``count`` of them in all (never more than asked)."""
+    paths = list(paths)
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = read_lines(*paths)
+        if len(lines) >= count or time.monotonic() >= deadline:
+            assert len(lines) == count, f"{len(lines)} access-log lines, expected {count}"
+            return lines
+        time.sleep(0.02)

@@ -31,7 +31,7 @@ from proxy.config import load_settings
 from proxy.keys import create_key
 from proxy.limits import Limits
 from proxy.mock import MockHandle, mock_tokens
-from tests.accesslog import wait_for_line
+from tests.accesslog import read_lines, wait_for_count, wait_for_line
 from tests.conftest import SluiceFactory, SluiceProcess, upstream_env
 from tests.nginx_server import NginxServer, free_port, start_nginx
 from tests.redis_server import RedisServer
@@ -258,7 +258,8 @@ def test_two_instances_behind_nginx_enforce_one_combined_limit(
                 statuses.append(r.status_code)
         assert statuses.count(200) == 6, statuses
         assert statuses.count(429) == 6
-        served = [sum(1 for line in path.read_text().splitlines() if line) for path in setup.access_logs]
+        wait_for_count(setup.access_logs, 12)
+        served = [len(read_lines(path)) for path in setup.access_logs]
         assert all(count > 0 for count in served), f"nginx did not use both instances: {served}"
 
 
