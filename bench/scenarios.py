@@ -50,7 +50,7 @@ class Plan:
     tput_refinements: int = 3
     # The chain's cost, measured apart: groups of four short closed-loop
     # windows on Sluice and Sluice+chain (A B B A), each group a ratio.
-    chain_pairs: int = 4
+    chain_pairs: int = 8  # 8 x 4 windows of 2 s: one window moves by +-4 points on this VM
     chain_pair_seconds: float = 2.0
     stream_chunks: int = 64
     stream_interval_ms: float = 20.0
