@@ -110,7 +110,7 @@ unit: $(VENV)/.test-installed system-deps $(NATIVE)
 test: lint typecheck unit
 
 # The benchmark suite (direct vs nginx vs Sluice, pinned to cores; see
-# bench/run.py). Results land in bench/results/. About 5 minutes on 2 cores
+# bench/run.py). Results land in bench/results/. About 7 minutes on 2 cores
 # (bounded below 10 on a busy machine); `make bench BENCH_ARGS=--quick`, about 2.
 BENCH_ARGS ?=
 bench: $(VENV)/.bench-installed system-deps $(NATIVE)

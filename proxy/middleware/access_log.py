@@ -44,11 +44,11 @@ _get_running_loop: Final = asyncio.get_running_loop  # compiled: a C static, not
 
 # Lines are written in batches, formatted at the batch's write rather than
 # as each request ends: the formatter then runs over a whole batch while its
-# code and data are in the CPU's caches, where one line at a time, between
-# requests, ran several times slower than its instruction count says (on a
-# 2-core VM, formatting was 0.85 µs a line in a loop and ~3-7 µs in the
-# loaded server). A batch goes out at most ``flush_seconds`` after its first
-# line, or at once when it holds _DEFER_MAX lines.
+# code and data are in the CPU's caches. One line at a time, between
+# requests, the log cost a loaded worker ~3 µs a request besides its write
+# (a line formats in 0.85 µs in a loop; README, Benchmarks). A batch goes
+# out at most ``flush_seconds`` after its first line, or at once when it
+# holds _DEFER_MAX lines.
 _DEFER_MAX: Final = 128
 # A pipe (stdout under systemd or a container runtime) takes a write up to
 # PIPE_BUF whole, so lines from several workers never interleave inside one.
