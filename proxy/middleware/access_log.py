@@ -56,8 +56,8 @@ _DEFER_MAX: Final = 128
 # holds the inode lock for it), and there one 64 KiB write costs a third of
 # the CPU a line that sixteen 4 KiB ones did (ext4 here).
 _PIPE_BATCH: Final = 4096
-_ERROR_EVERY: Final = 10.0  # seconds between two reports of a failing write
 _FILE_BATCH: Final = 65536
+_ERROR_EVERY: Final = 10.0  # seconds between two reports of a failing write
 
 
 class LogWriter:
