@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
+from proxy.config import ConfigError, load_settings
 from proxy.context import RequestContext
 from proxy.middleware.access_log import LogWriter, log_line
+from proxy.mock import MockHandle
+from tests.conftest import SluiceFactory, upstream_env
 
 
 def _lines(path: Path) -> list[dict[str, object]]:
@@ -170,3 +175,33 @@ def test_without_a_loop_a_line_is_written_at_once(tmp_path: Path) -> None:
     writer.log(_ctx(2), time.monotonic())
     assert _lines(path)[-1]["request_id"] == "req2"
     writer.close()
+
+
+def test_sigterm_writes_the_lines_still_waiting_for_their_batch(
+    tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
+) -> None:
+    log = tmp_path / "access.log"
+    sluice = sluice_factory(**upstream_env(mock), SLUICE_ACCESS_LOG=str(log), SLUICE_ACCESS_LOG_FLUSH="60")
+    ids = [f"term{n}" for n in range(3)]
+    for request_id in ids:
+        response = httpx.post(
+            f"{sluice.url}/v1/chat/completions",
+            json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"x-request-id": request_id},
+        )
+        assert response.status_code == 200
+    time.sleep(0.2)
+    assert log.read_text() == ""  # all three wait for their minute
+    assert sluice.stop() in (0, -signal.SIGTERM)  # a graceful stop, as uvicorn reports it
+    assert [line["request_id"] for line in _lines(log)] == ids
+
+
+@pytest.mark.parametrize("raw", ["-1", "soon", "inf"])
+def test_a_bad_flush_time_is_refused_at_start(raw: str) -> None:
+    with pytest.raises(ConfigError, match="SLUICE_ACCESS_LOG_FLUSH"):
+        load_settings({"SLUICE_ACCESS_LOG_FLUSH": raw})
+
+
+def test_the_flush_time_is_read_in_seconds() -> None:
+    assert load_settings({"SLUICE_ACCESS_LOG_FLUSH": "0"}).access_log_flush == 0.0
+    assert load_settings({}).access_log_flush == 0.05
