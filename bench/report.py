@@ -58,8 +58,17 @@ def _header(meta: dict[str, Any]) -> list[str]:
         f"| uvloop / aiohttp / uvicorn / starlette / httptools | {meta['uvloop']} / {meta['aiohttp']} / "
         f"{meta['uvicorn']} / {meta['starlette']} / {meta['httptools']} |",
         f"| nginx | {meta['nginx']} |",
+        f"| Sluice's request path | {_compiled(meta.get('sluice_compiled'))} |",
         "",
     ]
+
+
+def _compiled(compiled: bool | None) -> str:
+    if compiled is None:
+        return "unknown"
+    if compiled:
+        return "compiled (mypyc)"
+    return "**INTERPRETED**: the build is missing or stale (`make native`)"
 
 
 def _targets(rows: list[dict[str, Any]]) -> list[str]:

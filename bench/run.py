@@ -323,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
     log(f"work directory {workdir}; results to {args.out}")
     facts = machine.facts()
+    if facts["sluice_compiled"] is False:
+        log("WARNING: Sluice will run interpreted (a missing or stale build): `make native` first")
     started = time.monotonic()
     try:
         raw = uvloop.run(orchestrate(plan, workdir, only, args.out, not args.no_profile))
