@@ -10,7 +10,7 @@ import asyncio
 import gc
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -120,49 +120,69 @@ async def _warm(target: Target, wire: bytes, n: int = 200) -> None:
     pool.close()
 
 
+async def _interleaved_window(
+    targets: Sequence[Target],
+    make: Callable[[float], Req],
+    rate: float,
+    seconds: float,
+    cap: int,
+    connections: int,
+    drain_s: float,
+) -> list[tuple[Target, list[Req], dict[str, Any]]]:
+    """One window of ``rate`` releases a second for each path, interleaved (scenarios 1 and 3).
+
+    Release k goes to path k mod n, so the VM's stalls, which last
+    milliseconds and come in bursts, land on every path alike instead of on
+    whichever had the window they fell in. Returns each path's requests and
+    its proxy's CPU window.
+    """
+    pools = [Pool(HOST, t.port, cap) for t in targets]
+    for pool in pools:
+        await pool.fill(connections)
+    meters = [Meter(t.pid) for t in targets]
+    n = len(targets)
+    reqs = await run_schedule(pools, fixed_rate(rate * n, seconds), make, precise=True)
+    for pool in pools:
+        await pool.drain(drain_s)
+    windows = [m.stop() for m in meters]
+    for pool in pools:
+        pool.close()
+    return [(t, reqs[i::n], window) for i, (t, window) in enumerate(zip(targets, windows, strict=True))]
+
+
+def _together(paths: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """An interleaved window's results: each path's, and the machine's disturbance over it all."""
+    return {"paths": paths, "foreign_cpu": max(float(r["foreign_cpu"]) for r in paths.values())}
+
+
 async def latency_c1(targets: Sequence[Target], plan: Plan, wires: Wires) -> dict[str, Any]:
     """Scenario 1: small JSON on one keep-alive connection per path, fixed-rate arrivals.
 
     The paths are measured together, their releases interleaved (direct,
-    nginx, Sluice, chain, direct, ...; ``plan.c1_rate`` a second each), so
-    that the VM's stalls, which last milliseconds and come in bursts, land
-    on every path alike instead of on whichever had the window they fell in.
+    nginx, Sluice, chain, direct, ...; ``plan.c1_rate`` a second each).
     At ``plan.c1_rate`` the next path's request is released 1.7 ms after the
     last one's (a proxied answer's p50 is under 0.6 ms here): the proxies,
     which share a core, seldom overlap.
     """
     for t in targets:
         await _warm(t, wires.json)
-    pools = [Pool(HOST, t.port, 1) for t in targets]  # one connection: a late response delays the next
-    for pool in pools:
-        await pool.fill(1)
-    meters = [Meter(t.pid) for t in targets]
-    n = len(targets)
-    offsets = fixed_rate(plan.c1_rate * n, plan.c1_seconds)
-    reqs = await run_schedule(pools, offsets, lambda t: Req(wires.json, t), precise=True)
-    for pool in pools:
-        await pool.drain(10)
-    windows = [m.stop() for m in meters]
+    # One connection a path: a late response delays the next, and counts.
+    window = await _interleaved_window(
+        targets, lambda t: Req(wires.json, t), plan.c1_rate, plan.c1_seconds, 1, 1, 10.0
+    )
     out: dict[str, dict[str, Any]] = {}
-    for i, (t, pool, window) in enumerate(zip(targets, pools, windows, strict=True)):
-        pool.close()
-        mine = reqs[i::n]
+    for t, mine, meter in window:
         lat = [r.latency for r in mine if r.ok]
         out[t.name] = {
             **summary(lat, 1e3),
             **_errors(mine, wires.json_sha),
-            **window,
+            **meter,
             "requests": len(mine),
-            "cpu_us_per_request": window["proxy_cpu_s"] / len(mine) * 1e6,
+            "cpu_us_per_request": meter["proxy_cpu_s"] / len(mine) * 1e6,
             "lateness_p99_ms": _lateness_ms(mine),
             "samples_us": [round(x * 1e6) for x in lat],
         }
     return _together(out)
-
-
-def _together(paths: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """An interleaved window's results: each path's, and the machine's disturbance over it all."""
-    return {"paths": paths, "foreign_cpu": max(float(r["foreign_cpu"]) for r in paths.values())}
 
 
 async def _open_loop_step(
@@ -300,20 +320,17 @@ async def streaming(targets: Sequence[Target], plan: Plan, wires: Wires) -> dict
     for t in targets:
         await _warm(t, wires.json, 50)
     stream_s = plan.stream_chunks * plan.stream_interval_ms / 1e3
-    pools = [Pool(HOST, t.port, 256) for t in targets]
-    for pool in pools:
-        await pool.fill(math.ceil(plan.stream_rate * stream_s) + 8)
-    meters = [Meter(t.pid) for t in targets]
-    n = len(targets)
-    offsets = fixed_rate(plan.stream_rate * n, plan.stream_seconds)
-    reqs = await run_schedule(pools, offsets, lambda t: Req(wires.stream, t, track_events=True), precise=True)
-    for pool in pools:
-        await pool.drain(stream_s + 10)
-    windows = [m.stop() for m in meters]
+    window = await _interleaved_window(
+        targets,
+        lambda t: Req(wires.stream, t, track_events=True),
+        plan.stream_rate,
+        plan.stream_seconds,
+        256,
+        math.ceil(plan.stream_rate * stream_s) + 8,
+        stream_s + 10,
+    )
     out: dict[str, dict[str, Any]] = {}
-    for i, (t, pool, window) in enumerate(zip(targets, pools, windows, strict=True)):
-        pool.close()
-        mine = reqs[i::n]
+    for t, mine, meter in window:
         ok = [r for r in mine if r.ok]
         ttfb = [r.events[0] - r.t_sched for r in ok if r.events]
         gaps = _gaps(ok)
@@ -327,8 +344,8 @@ async def streaming(targets: Sequence[Target], plan: Plan, wires: Wires) -> dict
             "events": events,
             "coalesced_reads": sum(r.coalesced for r in mine),
             "separate": all(r.coalesced == 0 and len(r.events) == plan.stream_chunks for r in mine),
-            **window,
-            "cpu_us_per_chunk": window["proxy_cpu_s"] / max(events, 1) * 1e6,
+            **meter,
+            "cpu_us_per_chunk": meter["proxy_cpu_s"] / max(events, 1) * 1e6,
             "lateness_p99_ms": _lateness_ms(mine),
             "ttfb_us": [round(x * 1e6) for x in ttfb],
             "gap_us": [round(x * 1e6) for x in gaps],
