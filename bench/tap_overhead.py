@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy import _mock_formats as fmt
 from proxy.context import Usage
+from proxy.mock import formats as fmt
 from proxy.sse import SseScanner
 from proxy.usage import Provider, UsageTap
 

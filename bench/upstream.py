@@ -1,6 +1,6 @@
 """The benchmark's upstream: a fast, paced stand-in for an LLM provider.
 
-``proxy/mock.py`` speaks every provider's format faithfully but is far too slow
+``proxy/mock/`` speaks every provider's format faithfully but is far too slow
 to sit behind a proxy under load: the upstream must never be what limits a
 measurement. This one is a raw ``asyncio.Protocol`` on uvloop with HTTP/1.1
 keep-alive and every response byte precomputed, and it only knows the three

@@ -17,9 +17,9 @@ import pytest
 from google import genai
 from google.genai import types as genai_types
 
-from proxy._mock_formats import pattern_chunks
 from proxy.config import load_settings
 from proxy.mock import MockHandle, mock_tokens
+from proxy.mock.formats import pattern_chunks
 from tests.accesslog import wait_for_line
 from tests.conftest import SluiceFactory, SluiceProcess, upstream_env
 from tests.nginx_server import free_port, start_nginx

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy._mock_formats import Reply, anthropic_stream, gemini_stream, mock_tokens
+from proxy.mock.formats import Reply, anthropic_stream, gemini_stream, mock_tokens
 from proxy.sse import SseEvent, SseScanner
 
 BOM = b"\xef\xbb\xbf"

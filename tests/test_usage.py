@@ -24,9 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import proxy.usage as usage_module
-from proxy import _mock_formats as fmt
 from proxy.context import Usage
 from proxy.mock import MockHandle
+from proxy.mock import formats as fmt
 from proxy.sse import SseScanner
 from proxy.usage import UsageTap
 

@@ -2,7 +2,7 @@
 
 Pure functions only: they turn a :class:`Reply` (what the mock "generated")
 into the exact JSON objects / SSE frames each provider puts on the wire, so
-the HTTP server in ``proxy.mock`` stays about transport behaviour.
+the HTTP server in ``proxy.mock.server`` stays about transport behaviour.
 """
 
 from __future__ import annotations

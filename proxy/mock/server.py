@@ -6,7 +6,7 @@ Every request is recorded in :class:`MockState` so tests can assert what the
 upstream saw (headers, body hash) and how the exchange ended (completed,
 client_closed, dropped, error_injected) and when.
 
-Credentials can be steered too (see ``proxy._mock_auth``): per-key error rules,
+Credentials can be steered too (see ``proxy.mock.auth``): per-key error rules,
 a Google OAuth2 token endpoint (``…/token``) that verifies service-account
 JWTs, and Vertex AI routes that demand the access tokens it issued.
 """
@@ -30,9 +30,9 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy import _mock_auth as auth
-from proxy import _mock_formats as fmt
-from proxy._mock_formats import mock_tokens
+from . import auth
+from . import formats as fmt
+from .formats import mock_tokens
 
 __all__ = [
     "MockHandle",

@@ -7,7 +7,7 @@
   ``iat``) so a proxy that signs badly fails here as it would against Google.
 * The access tokens it issued, so the Vertex AI route can demand one.
 
-Kept apart from the HTTP server so ``proxy.mock`` stays about transport.
+Kept apart from the HTTP server so ``proxy.mock.server`` stays about transport.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def _signature_ok(key: rsa.RSAPublicKey, signature: bytes, signed: bytes) -> boo
 
 class AuthState:
     """Key rules, service accounts and issued OAuth2 tokens; a base of
-    ``proxy.mock.MockState``. Mutated on the mock's loop, read by tests: each
+    ``proxy.mock.server.MockState``. Mutated on the mock's loop, read by tests: each
     access is a single dict operation, atomic under the GIL."""
 
     def __init__(self) -> None:
