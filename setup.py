@@ -33,6 +33,8 @@ from typing import Any
 from setuptools import setup
 
 NATIVE_MODULES = [
+    "proxy/accesslog/line.py",
+    "proxy/accesslog/writer.py",
     "proxy/body.py",
     "proxy/context.py",
     "proxy/dispatch.py",

@@ -12,7 +12,7 @@ from .keys import KeyStore
 from .limits import Limiter
 from .limits.memory import MemoryLimiter
 from .metrics import Metrics
-from .middleware.access_log import LogWriter
+from .accesslog import LogWriter
 from .pool import CredentialPool
 from .upstream import UpstreamClient
 

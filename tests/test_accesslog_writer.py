@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from proxy.accesslog import LogWriter, log_line
 from proxy.config import ConfigError, load_settings
 from proxy.context import RequestContext
-from proxy.middleware.access_log import LogWriter, log_line
 from proxy.mock import MockHandle
 from tests.conftest import SluiceFactory, upstream_env
 

@@ -10,8 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import proxy.native
-from proxy.context import RequestContext, Usage
-from proxy.middleware.access_log import (
+from proxy.accesslog.line import (
     _ms,
     _ms_parts,
     _NotPlain,
@@ -20,6 +19,7 @@ from proxy.middleware.access_log import (
     log_line,
     log_record,
 )
+from proxy.context import RequestContext, Usage
 
 
 @given(st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False))
