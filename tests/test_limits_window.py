@@ -129,14 +129,14 @@ def test_the_running_windows_decide_as_the_plain_sliding_window(
     asyncio.run(play())
 
 
-def test_an_idle_key_leaves_nothing_behind_after_the_sweep() -> None:
+async def test_an_idle_key_leaves_nothing_behind_after_the_sweep() -> None:
     clock = [1000.0]
     limiter = MemoryLimiter(clock=lambda: clock[0])
     limits = Limits(rpm=10, concurrency=2)
-    assert limiter.admit_now("k", limits, "a").allowed
-    limiter.release_now("k", "a")
-    assert limiter.admit_now("k", limits, "b").remaining == 8  # the emptied lease set is reused
-    limiter.release_now("k", "b")
+    assert (await limiter.admit("k", limits, "a")).allowed
+    await limiter.release("k", "a")
+    assert (await limiter.admit("k", limits, "b")).remaining == 8  # the emptied lease set is reused
+    await limiter.release("k", "b")
     clock[0] += 3600  # past the window and the sweep interval
-    assert limiter.admit_now("other", Limits(rpm=1), "c").allowed  # admission runs the sweep
+    assert (await limiter.admit("other", Limits(rpm=1), "c")).allowed  # admission runs the sweep
     assert "k" not in limiter._leases and "k" not in limiter._rpm

@@ -148,17 +148,6 @@ class MemoryLimiter:
         self._next_sweep = clock() + _SWEEP_EVERY
 
     async def admit(self, key: str, limits: Limits, lease_id: str) -> Decision:
-        return self.admit_now(key, limits, lease_id)
-
-    async def release(self, key: str, lease_id: str) -> None:
-        self.release_now(key, lease_id)
-
-    # Nothing here waits, so the rate limiter calls these two directly: the
-    # coroutine and the generic method call of each ``await`` cost ~1 k
-    # instructions, a good part of the layer's cost.
-
-    def admit_now(self, key: str, limits: Limits, lease_id: str) -> Decision:
-        """:meth:`admit`, without a coroutine."""
         if not limits.any:
             return Decision(allowed=True)
         now = self._clock()
@@ -200,8 +189,7 @@ class MemoryLimiter:
                 leases.add(lease_id)
         return decision
 
-    def release_now(self, key: str, lease_id: str) -> None:
-        """:meth:`release`, without a coroutine."""
+    async def release(self, key: str, lease_id: str) -> None:
         leases = self._leases.get(key)
         if leases is not None:
             # An emptied set stays for the key's next request (one set and

@@ -24,7 +24,6 @@ from ..errors import send_error
 from ..keys import ClientKey
 from ..limits import Limiter, LimiterUnavailable
 from ..limits.headers import rate_limit_headers
-from ..limits.memory import MemoryLimiter
 from ..metrics import Metrics
 
 logger = logging.getLogger("sluice.rate_limit")
@@ -39,8 +38,6 @@ class RateLimit:
         self.limiter = limiter
         self.metrics = metrics
         self.policy = policy
-        # In process, admission never waits: called directly (see MemoryLimiter).
-        self.memory = limiter if isinstance(limiter, MemoryLimiter) else None
         self._last_log = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -52,12 +49,8 @@ class RateLimit:
         # Unique across processes (the request id may come from the client);
         # only a concurrency limit holds a lease.
         lease = new_id() if key.limits.concurrency is not None else ""
-        memory = self.memory
         try:
-            if memory is not None:
-                decision = memory.admit_now(key.name, key.limits, lease)
-            else:
-                decision = await self.limiter.admit(key.name, key.limits, lease)
+            decision = await self.limiter.admit(key.name, key.limits, lease)
         except LimiterUnavailable as exc:
             self.metrics.limiter_errors.inc((self.policy,))
             self._log_unavailable(exc)
@@ -84,10 +77,7 @@ class RateLimit:
             await self.app(scope, receive, send)
         finally:
             if key.limits.concurrency is not None:
-                if memory is not None:
-                    memory.release_now(key.name, lease)
-                else:
-                    await self.limiter.release(key.name, lease)
+                await self.limiter.release(key.name, lease)
             if key.limits.tpm is not None and ctx.usage is not None and ctx.usage.total:
                 await self.limiter.charge_tokens(key.name, ctx.usage.total)
 
