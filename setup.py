@@ -1,30 +1,9 @@
 """Compiles the request path with mypyc; everything else is in pyproject.toml.
 
-mypyc turns the type-annotated modules below into C extensions: the server
-and upstream protocols, the passthrough, the middleware and the helpers they
-call. Compiled, with the changes that compiling made worth finding, they
-halve the instructions Sluice spends per request (README, "Compiled
-modules"). The ``.py`` files ship beside them and are the same code:
-``SLUICE_PURE_PYTHON=1`` at build time skips the compiler, and at run time
-ignores the extensions (proxy/native.py).
-
-Compiled coroutines need Sluice's event loop (proxy/eventloop.py): they
-hand an exception thrown into them down the await chain as one being
-handled, and a uvloop coroutine started meanwhile could crash on Python 3.11.
-
-``context`` is compiled too: every layer reads and writes the request's
-``RequestContext``, and a compiled module reads an interpreted class's
-field through a generic attribute lookup (~190 instructions). Its fields
-are then typed at run time: a custom layer that stores a value of another
-type gets a TypeError at that line.
-
-Not compiled:
-
-- ``credentials``: its frozen dataclasses are pickled to worker processes,
-  which mypyc's cannot be.
-- ``eventloop``: it subclasses uvloop's loop, which mypyc cannot.
-- start-up and admin code (config, cli, app, services, vertex, the mock, the
-  chat API), which gains nothing.
+mypyc turns the type-annotated modules listed below into C extensions; the
+``.py`` files ship beside them and are the same code. ``SLUICE_PURE_PYTHON=1``
+at build time skips the compiler, and at run time ignores the extensions.
+How the build works, what is compiled and why: proxy/http/README.md.
 """
 
 import os
@@ -33,17 +12,23 @@ from typing import Any
 from setuptools import setup
 
 NATIVE_MODULES = [
+    # The transport (proxy/http): the fast server protocol and client.
+    "proxy/http/interface.py",
+    "proxy/http/h1client.py",
+    "proxy/http/h1server.py",
+    "proxy/http/wire.py",
+    # What every request runs through: the chain, the passthrough, and the
+    # modules they call on each request.
     "proxy/accesslog/line.py",
     "proxy/accesslog/writer.py",
     "proxy/body.py",
     "proxy/context.py",
+    "proxy/disconnect.py",
     "proxy/dispatch.py",
     "proxy/drain.py",
     "proxy/errors.py",
     "proxy/forwarded.py",
     "proxy/gate.py",
-    "proxy/h1client.py",
-    "proxy/h1server.py",
     "proxy/headers.py",
     "proxy/jsonread.py",
     "proxy/keys.py",
@@ -59,7 +44,6 @@ NATIVE_MODULES = [
     "proxy/pump.py",
     "proxy/routing.py",
     "proxy/sse.py",
-    "proxy/upstream.py",
     "proxy/usage.py",
 ]
 

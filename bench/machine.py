@@ -56,12 +56,13 @@ def _virtualised() -> str:
 def _sluice_compiled() -> bool | None:
     """Whether the Sluice processes will run the compiled request path.
 
-    The check ``proxy/native.py`` makes at import, in the environment the
+    The check ``proxy/http/native.py`` makes at import, in the environment the
     bench gives Sluice: an edit since the last build runs the ``.py`` files,
     about twice as slow, with only a warning in the process's own log.
     """
     env = sluice_env(0, "off", None)  # the environment Sluice's processes get
-    out = _run([sys.executable, "-W", "ignore", "-c", "import proxy.native as n; print(n.COMPILED)"], env)
+    probe = "import proxy.http.native as n; print(n.COMPILED)"
+    out = _run([sys.executable, "-W", "ignore", "-c", probe], env)
     return {"True": True, "False": False}.get(out.splitlines()[-1] if out else "")
 
 

@@ -6,5 +6,5 @@ The public entry points are ``proxy.app.create_app`` (an ASGI app built from
 
 __version__ = "0.1.0"
 
-# Before anything imports a compiled module: decides whether to use them.
-from . import native as native
+# Before anything imports a compiled module: proxy.http.native decides whether to use them.
+from . import http as http

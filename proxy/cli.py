@@ -17,6 +17,7 @@ from . import __version__
 from .config import PROVIDERS, ConfigError, Settings, load_settings
 from .credentials import CredentialSpec
 from .demo import banner, start_warnings
+from .http import HTTP_MODES
 
 EXIT_CONFIG = 2
 
@@ -40,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
         help="use the built-in mock when no provider key is configured (what `make run` does)",
     )
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument(
+        "--http",
+        choices=HTTP_MODES,
+        help="fast: Sluice's own HTTP/1.1 server and client (default); stock: uvicorn's and aiohttp's",
+    )
 
     _keys_parser(sub)
 
@@ -150,7 +156,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from .server import serve
 
     settings = load_settings(
-        env, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level
+        env, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level, http=args.http
     )
     no_keys = all(not settings.upstreams[p].credentials for p in PROVIDERS)
     if args.mock or (args.mock_if_unconfigured and no_keys):

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from .credentials import CredentialError, CredentialSpec, from_env_value
 from .credentials import from_config as credentials_from_config
 from .forwarded import Network, parse_networks
+from .http import HTTP_MODES, HttpMode
 
 ProviderName = Literal["openai", "gemini", "anthropic"]
 PROVIDERS: tuple[ProviderName, ...] = ("openai", "gemini", "anthropic")
@@ -136,6 +137,8 @@ class Settings:
     chain: tuple[str, ...] = DEFAULT_CHAIN
     middleware_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     log_level: LogLevel = "info"
+    # Sluice's own HTTP/1.1 server and client, or uvicorn's and aiohttp's (proxy/http).
+    http: HttpMode = "fast"
     mock: bool = False
     chat: ChatSettings = field(default_factory=ChatSettings)
 
@@ -277,6 +280,7 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
         "log_level": _parse(
             env, "SLUICE_LOG_LEVEL", "info", _choice("critical", "error", "warning", "info", "debug")
         ),
+        "http": _parse(env, "SLUICE_HTTP", "fast", _choice(*HTTP_MODES)),
     }
     values["chat"] = _chat_settings(env)
     config_file = _parse(env, "SLUICE_CONFIG", None, Path)

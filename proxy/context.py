@@ -11,15 +11,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Final, Literal, cast
+from typing import Final, Literal
 from urllib.parse import unquote
 
 from .asgi import Scope
-from .headers import ScopeHeaders, name_of, value_of
+from .headers import request_headers
+from .http import Headers
 from .routing import BadPath, Route, guess_provider, resolve, validate_path
-
-_monotonic: Final = time.monotonic  # compiled, a C static: no lookup of `time` and its attribute (~250)
-_wall: Final = time.time
 
 Outcome = Literal[
     "ok",  # the upstream's response was relayed in full (whatever its status)
@@ -33,9 +31,8 @@ Outcome = Literal[
 ]
 
 
-# The classes made per request declare their own __init__ (init=False): the
-# one dataclass writes is a Python function even in a compiled module, and
-# it cost 8.5 k instructions per RequestContext against ~1 k compiled.
+# Its own __init__ (init=False): made for every request, and a hand-written
+# one is much cheaper than the one @dataclass generates (proxy/http/README.md).
 @dataclass(slots=True, init=False)
 class Usage:
     """Token counts as the provider reported them. ``None`` where it did not say."""
@@ -64,8 +61,9 @@ class Usage:
         return {"input": self.input_tokens, "output": self.output_tokens, "total": self.total}
 
 
-@dataclass(slots=True, init=False)
 class RequestContext:
+    """One request's facts, as the layers learn them."""
+
     request_id: str
     method: str
     path: str  # never the query string: it may hold a client key
@@ -101,8 +99,8 @@ class RequestContext:
         self.method = method
         self.path = path
         self.client = client
-        self.started = _monotonic()
-        self.started_wall = _wall()
+        self.started = time.monotonic()
+        self.started_wall = time.time()
         self.provider = self.model = self.key_name = None
         self.status = None
         self.bytes_in = self.bytes_out = 0
@@ -118,9 +116,7 @@ class RequestContext:
 
 
 def get_context(scope: Scope) -> RequestContext | None:
-    # Servers make scopes dicts. Compiled, a dict's .get is a C call, where
-    # a mapping's is a generic method call (~300 instructions, six a request).
-    ctx = cast(dict[str, Any], scope).get("sluice") if type(scope) is dict else scope.get("sluice")
+    ctx = scope.get("sluice")
     return ctx if isinstance(ctx, RequestContext) else None
 
 
@@ -129,11 +125,11 @@ def get_context(scope: Scope) -> RequestContext | None:
 _REQUEST_ID_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 
 
-def _request_id(headers: ScopeHeaders) -> str:
+def _request_id(headers: Headers) -> str:
     """The client's X-Request-ID when it is a sane token, else a fresh one."""
-    for pair in headers:
-        if name_of(pair) == b"x-request-id":
-            candidate = value_of(pair).decode("latin-1")
+    for name, value in headers:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
             if 0 < len(candidate) <= 128 and _REQUEST_ID_CHARS.issuperset(candidate):
                 return candidate
             break
@@ -144,8 +140,7 @@ class _Ids:
     """Ids: 16 random hex digits per process, then a counter.
 
     As unique as a uuid4 across workers and restarts, without its cost on
-    every request. The counter is a field, not a module global: compiled, it
-    is then a C integer, where a global is a dict entry holding an object.
+    every request.
     """
 
     def __init__(self) -> None:
@@ -157,11 +152,7 @@ _IDS: Final = _Ids()
 
 
 def new_id() -> str:
-    """A fresh id of 32 hex digits: request ids, and the rate limiter's leases.
-
-    The last 16 are decimal digits (a subset of hex): ``str()`` of an int is a
-    C call compiled, where ``hex()`` was a generic builtin call.
-    """
+    """A fresh id of 32 hex digits (the last 16 decimal): request ids, and the rate limiter's leases."""
     ids = _IDS
     ids.issued += 1
     return ids.prefix + str(ids.issued)
@@ -169,7 +160,7 @@ def new_id() -> str:
 
 def new_context(scope: Scope) -> RequestContext:
     """Build the context for an HTTP request and route it (validation included)."""
-    headers: ScopeHeaders = scope["headers"]
+    headers = request_headers(scope)
     raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
     client = scope.get("client")
     ctx = RequestContext(
@@ -217,11 +208,7 @@ def model_from_path(upstream_path: str) -> str | None:
 
 
 def http_context(scope: Scope) -> RequestContext | None:
-    """The context of an HTTP request, made if need be; None for any other scope.
-
-    For layers: one call where ``scope["type"]`` was read and compared first
-    (two generic operations compiled). Only HTTP requests have a context.
-    """
+    """The context of an HTTP request, made if need be; None for any other scope."""
     ctx = get_context(scope)
     if ctx is None and scope["type"] == "http":
         ctx = scope["sluice"] = new_context(scope)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from . import native
 from .config import PROVIDERS, Settings
+from .http import native
 
 
 def banner(settings: Settings, url: str) -> str:
     workers = f"{settings.workers} worker{'s' if settings.workers > 1 else ''}"
-    build = "compiled" if native.COMPILED else "interpreted"  # README, "Compiled modules"
-    lines = [f"Sluice listening on {url} ({workers}, {build})"]
+    build = "compiled" if native.COMPILED else "interpreted"
+    lines = [f"Sluice listening on {url} ({workers}, {settings.http}, {build})"]
     for p in PROVIDERS:
         up = settings.upstreams[p]
         count = len(up.credentials)

@@ -14,11 +14,9 @@ import json
 from collections.abc import Iterable
 from typing import Final
 
-import aiohttp
-
 from .asgi import Send
 from .config import ProviderName
-from .h1client import ConnectFailed, ResponseBroken
+from .http import ConnectFailed, ResponseBroken
 
 # status → (OpenAI type, OpenAI code, Gemini status, Anthropic type)
 _KINDS: Final[dict[int, tuple[str, str, str, str]]] = {
@@ -70,28 +68,22 @@ _OVERLOAD_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, 
 def upstream_failure(exc: BaseException, provider: ProviderName) -> tuple[int, str, str]:
     """Status, message and kind for an upstream failure before any response byte was sent.
 
-    Messages name the provider and the kind of failure, never the URL's
-    query or any header, so no credential can end up in them.
+    ``exc`` is one of the transport's errors (``proxy.http``), a
+    ``TimeoutError`` (no response headers in time) or an ``OSError``.
+    Messages name the provider and the kind of failure, never the URL's query
+    or any header, so no credential can end up in them.
     """
-    # The passthrough's client (h1client) and the chat's (aiohttp) say the same things differently.
-    os_error: BaseException | None = exc
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        os_error = exc.os_error
-    elif isinstance(exc, ConnectFailed):
-        os_error = exc.cause
-    if isinstance(os_error, OSError) and os_error.errno in _OVERLOAD_ERRNOS:
+    cause = exc.cause if isinstance(exc, ConnectFailed) else exc
+    if isinstance(cause, OSError) and cause.errno in _OVERLOAD_ERRNOS:
         # Out of file descriptors or buffers: Sluice is overloaded, the upstream is fine.
         return 503, "Sluice is overloaded (no sockets left); retry shortly.", "overloaded"
-    if isinstance(exc, aiohttp.ConnectionTimeoutError) or (isinstance(exc, ConnectFailed) and exc.timed_out):
-        return 504, f"Sluice timed out connecting to the {provider} upstream.", "connect_timeout"
+    if isinstance(exc, ConnectFailed):
+        if exc.timed_out:
+            return 504, f"Sluice timed out connecting to the {provider} upstream.", "connect_timeout"
+        name = cause.__class__.__name__
+        return 502, f"Sluice could not connect to the {provider} upstream ({name}).", "unreachable"
     if isinstance(exc, TimeoutError):
         return 504, f"The {provider} upstream did not respond in time.", "headers_timeout"
-    if isinstance(exc, aiohttp.ClientConnectorError | ConnectFailed):
-        name = os_error.__class__.__name__
-        return 502, f"Sluice could not connect to the {provider} upstream ({name}).", "unreachable"
     if isinstance(exc, ResponseBroken):
         return 502, f"The {provider} upstream failed before responding ({exc.reason}).", "unreachable"
-    if isinstance(exc, aiohttp.ClientError):
-        name = exc.__class__.__name__
-        return 502, f"The {provider} upstream failed before responding ({name}).", "unreachable"
     return 502, f"The {provider} upstream request failed ({exc.__class__.__name__}).", "unreachable"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from .headers import ScopeHeaders, name_of, value_of
+from .http import Headers
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -41,13 +41,13 @@ class TrustedProxies:
             return False
         return any(ip in network for network in self.networks)
 
-    def client(self, peer: str | None, headers: ScopeHeaders) -> str | None:
+    def client(self, peer: str | None, headers: Headers) -> str | None:
         if not self.networks or peer is None or not self.trusts(peer):
             return peer
         chain: list[str] = []
-        for pair in headers:
-            if name_of(pair) == b"x-forwarded-for":
-                chain.extend(part.strip() for part in value_of(pair).decode("latin-1").split(","))
+        for name, value in headers:
+            if name == b"x-forwarded-for":
+                chain.extend(part.strip() for part in value.decode("latin-1").split(","))
         client = peer
         for hop in reversed(chain):
             if not hop:

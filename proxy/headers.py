@@ -7,30 +7,29 @@ does not need to be.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Final, cast
+from typing import Final
 
-Headers = list[tuple[bytes, bytes]]
-
-# Header pairs as a request scope may hold them after other layers: ASGI
-# allows a pair to be a list. Code compiled by mypyc must read such pairs by
-# index; unpacking one typed as a tuple raises TypeError on a list.
-ScopeHeaders = Iterable[Sequence[bytes]]
+from .asgi import Scope
+from .http import Headers, connection_tokens
 
 
-def name_of(pair: Sequence[bytes]) -> bytes:
-    """``pair[0]``: a C index on a tuple, what servers give (~20 instructions
-    compiled, where the generic index a list needs costs ~100)."""
-    if isinstance(pair, tuple):
-        return cast(bytes, pair[0])  # narrowed to tuple[Any, ...]
-    return pair[0]
+def request_headers(scope: Scope) -> Headers:
+    """The request's header pairs, each a tuple.
 
-
-def value_of(pair: Sequence[bytes]) -> bytes:
-    """``pair[1]``, as :func:`name_of`."""
-    if isinstance(pair, tuple):
-        return cast(bytes, pair[1])
-    return pair[1]
+    ASGI lets a pair be any two-item sequence, and a layer may have put lists
+    there; Sluice reads tuples. A scope holding anything else gets a
+    converted copy in its place, so the next reader finds tuples.
+    """
+    headers = scope["headers"]
+    if type(headers) is list:
+        for pair in headers:
+            if type(pair) is not tuple:
+                break
+        else:
+            return headers
+    converted: Headers = [(bytes(name), bytes(value)) for name, value in headers]
+    scope["headers"] = converted
+    return converted
 
 
 # RFC 9110 §7.6.1 connection-specific fields, plus the legacy ones proxies meet.
@@ -81,53 +80,27 @@ _RESPONSE_DROP: Final = HOP_BY_HOP | UPSTREAM_HOP
 
 SSE_EXTRA: Headers = [(b"x-accel-buffering", b"no")]
 
-# The request path tests for a substring of bytes with ``find``, not ``in``:
-# on CPython 3.11 ``needle in data`` first tries the needle as an integer
-# (``65 in b"A"`` is allowed), raising and clearing a TypeError before it
-# searches. That costs about 2 k instructions; ``find`` about 150.
 
-# CR, LF and every other control character except HTAB, as LF; the rest as "a".
-_BREAKS: Final = bytes(10 if (byte < 32 and byte != 9) or byte == 127 else 97 for byte in range(256))
-
-
-def line_breaks(head: bytes) -> int:
-    """How many CR, LF and other control bytes (HTAB aside) ``head`` holds.
-
-    A well-formed head built line by line holds exactly two per line, its CRLF.
-    A name or value carrying one more would add a line (request or response
-    splitting) or smuggle a control character. Counting over the whole joined
-    head is two C-level passes, instead of a check per value.
-    """
-    return head.translate(_BREAKS).count(b"\n")
-
-
-def connection_tokens(value: bytes) -> list[bytes]:
-    """The options of one ``Connection`` header value, lowercased: ``close``, ``upgrade``, header names."""
-    return [token.strip().lower() for token in value.split(b",")]
-
-
-def _without(headers: ScopeHeaders, drop: frozenset[bytes]) -> Headers:
-    """``headers`` as tuples, minus the names in ``drop`` and those ``Connection`` lists.
+def _without(headers: Headers, drop: frozenset[bytes]) -> Headers:
+    """``headers`` minus the names in ``drop`` and those ``Connection`` lists.
 
     Both directions: a Connection header names more hop-by-hop fields (RFC
-    9110 §7.6.1). One pass, each pair read with ``name_of``/``value_of`` (a
-    scope's may be lists); most messages carry no Connection header, so the
-    names it lists are filtered out afterwards, only when there is one.
+    9110 §7.6.1). Most messages carry no Connection header, so the names it
+    lists are filtered out afterwards, only when there is one.
     """
     out: Headers = []
     named: list[bytes] = []
-    for pair in headers:
-        name = name_of(pair)
+    for name, value in headers:
         if name not in drop:
-            out.append((name, value_of(pair)))
+            out.append((name, value))
         elif name == b"connection":
-            named.extend(connection_tokens(value_of(pair)))
+            named.extend(connection_tokens(value))
     if named:
         return [(n, v) for n, v in out if n not in named]
     return out
 
 
-def upstream_request_headers(headers: ScopeHeaders) -> Headers:
+def upstream_request_headers(headers: Headers) -> Headers:
     """Client headers (ASGI: lower-case names) minus hop-by-hop, credentials and client-hop facts."""
     return _without(headers, _REQUEST_DROP)
 
@@ -150,11 +123,3 @@ def client_response_headers(headers: Headers) -> tuple[Headers, bool]:
         if not has_cache_control:
             out.append((b"cache-control", b"no-cache"))
     return out, is_sse
-
-
-def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """The first value of ``name`` in headers Sluice built itself (tuples)."""
-    for n, v in headers:
-        if n == name:
-            return v
-    return None

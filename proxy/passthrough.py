@@ -22,43 +22,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Final
+from collections.abc import Mapping
+from typing import Literal
 
 from .asgi import Message, Receive, Scope, Send
+from .body import RequestBody
 from .config import Settings, Upstream
 from .context import NO_ROUTE_MESSAGE, RequestContext, get_or_create_context
+from .disconnect import DisconnectWatch
 from .drain import Drain
 from .errors import send_error, upstream_failure
-from .h1client import ConnectFailed, Response, UpstreamError
-from .headers import (
-    Headers,
-    ScopeHeaders,
-    client_response_headers,
-    name_of,
-    upstream_request_headers,
-    value_of,
-)
+from .headers import client_response_headers, request_headers, upstream_request_headers
+from .http import Body, Client, ConnectFailed, Headers, Response, UpstreamError
 from .pool import CredentialPool
 from .pump import Heartbeat, StreamTimeout, pump
 from .routing import Route
-from .upstream import UpstreamClient
 from .usage import UsageTap
 from .vertex import TokenError
 
-_monotonic: Final = time.monotonic  # compiled, a C static: no lookup of `time` and its attribute (~250)
-
 logger = logging.getLogger("sluice.passthrough")
 
-# Seconds before a request starts watching for its client's disconnect.
-WATCH_DELAY = 0.01
+# Why an exchange cancelled its own task before its end.
+StopReason = Literal["client_left", "shutdown", "headers_timeout"]
+# How far the answer has got: nothing sent yet; the status went out; the
+# final body message is being sent (too late to cut it short).
+Phase = Literal["request", "response", "ending"]
 
 
 class Passthrough:
     """Raw ASGI endpoint forwarding every request to the provider its path names."""
 
     def __init__(
-        self, settings: Settings, client: UpstreamClient, drain: Drain, pools: Mapping[str, CredentialPool]
+        self, settings: Settings, client: Client, drain: Drain, pools: Mapping[str, CredentialPool]
     ) -> None:
         self.settings = settings
         self.client = client
@@ -114,11 +109,11 @@ def _text(value: bytes | None) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
-def _content_length(headers: ScopeHeaders) -> int | None:
-    for pair in headers:
-        if name_of(pair) == b"content-length":
+def _content_length(headers: Headers) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
             try:
-                return int(value_of(pair))
+                return int(value)
             except ValueError:
                 return None
     return None
@@ -128,23 +123,18 @@ class _Exchange:
     """Per-request state for one forwarded request. Lives as long as the request."""
 
     __slots__ = (
-        "aborted",
-        "client_gone",
         "ctx",
-        "finished",
-        "late",
         "loop",
         "owner",
+        "phase",
         "receive",
         "route",
         "scope",
         "send",
-        "started",
+        "stop",
         "task",
         "upstream",
-        "watch_timer",
-        "watcher",
-        "watching",
+        "watch",
     )
 
     def __init__(
@@ -164,81 +154,84 @@ class _Exchange:
         self.ctx = ctx
         self.route = route
         self.upstream = upstream
-        # One lookup of the loop per request: get_running_loop() (and
-        # current_task() without a loop) make a getpid() system call each.
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task(self.loop)
-        self.watch_timer: asyncio.TimerHandle | None = None
-        self.watcher: asyncio.Future[None] | None = None
-        self.watching: Callable[[Receive, Callable[[], None] | None], bool] | None = None
-        self.client_gone = False  # the client left: we cancelled ourselves
-        self.aborted = False  # the drain window closed: we cancelled ourselves
-        self.late = False  # no response headers in time: we cancelled ourselves
-        self.started = False  # the response status went out
-        self.finished = False  # the final body message is being sent
+        self.watch: DisconnectWatch | None = None
+        self.stop: StopReason | None = None
+        self.phase: Phase = "request"
 
     async def run(self) -> None:
         try:
             await self._forward()
         except asyncio.CancelledError:
-            if not (self.client_gone or self.aborted):
+            if self.stop not in ("client_left", "shutdown"):
                 raise
             # Our own cancellation: not an error, and not to be propagated.
             if self.task is not None:
                 self.task.uncancel()
-            if self.aborted:
+            if self.stop == "shutdown":
                 await self._after_abort()
         finally:
-            if self.client_gone:
+            if self.stop == "client_left":
                 self.ctx.outcome, self.ctx.detail = "client_disconnected", None
-            if self.watch_timer is not None:
-                self.watch_timer.cancel()
-            # Dropped, not only cancelled: the CancelledError it ends with
-            # keeps its frame, whose `self` is this exchange; through
-            # self.watcher that would be a cycle holding the whole request.
-            watcher, self.watcher = self.watcher, None
-            if watcher is not None:
-                watcher.cancel()
-            if self.watching is not None:
-                self.watching(self.receive, None)
+            if self.watch is not None:
+                self.watch.stop()
+                self.watch = None
 
     def abort(self) -> None:
         """Called by the drain when its window closes."""
-        if not self.finished and self.task is not None and not self.task.done():
-            self.aborted = True
+        self._stop("shutdown")
+
+    def _stop(self, reason: StopReason) -> None:
+        """Cancel this request's task, saying why; the first reason stands."""
+        if self.stop is None and self.phase != "ending" and self.task is not None and not self.task.done():
+            self.stop = reason
             self.task.cancel()
+
+    def _client_left(self) -> None:
+        self._stop("client_left")
+
+    def _watch_for_disconnect(self) -> None:
+        if self.watch is None:
+            self.watch = DisconnectWatch(self.scope, self.receive, self._client_left, self.loop)
+
+    async def _answer_error(self, status: int, message: str, extra: Headers | None = None) -> None:
+        self.phase = "response"
+        await send_error(self.send, self.route.provider, status, message, extra or ())
 
     async def _after_abort(self) -> None:
         self.ctx.outcome, self.ctx.detail = "aborted", "drain_timeout"
-        if not self.started:
+        if self.phase == "request":
             message = "Sluice is shutting down and could not finish this request in time."
-            await send_error(self.send, self.route.provider, 503, message, [(b"retry-after", b"1")])
+            await self._answer_error(503, message, [(b"retry-after", b"1")])
         # Otherwise: return without the final message, so the response is cut.
 
     async def _forward(self) -> None:
         first = await self.receive()
         if first["type"] == "http.disconnect":
-            self.client_gone = True
+            self.stop = "client_left"
             return
-        data, replayable = await self._request_body(first)
-        if self.client_gone:
+        # A result, not a test of self.stop: that would narrow its type for
+        # the rest of this function, though callbacks change it meanwhile.
+        body = await self._request_body(first)
+        if body is None:
             return
-        headers = upstream_request_headers(self.scope["headers"])
+        data, replayable = body
+        headers = upstream_request_headers(request_headers(self.scope))
         # Time to headers counts from here, so it includes the upload and any
-        # failover attempts. (A timer that cancels this task: asyncio.timeout
-        # does the same with more machinery, on every request.)
-        timer = self.loop.call_later(self.owner.settings.headers_timeout, self._headers_late)
+        # failover attempts: a timer that cancels this task.
+        timer = self.loop.call_later(self.owner.settings.headers_timeout, self._stop, "headers_timeout")
         try:
             response = await self._attempts(headers, data, replayable)
         except _Refused as refused:
             await self._refused_credential(refused.reason)
             return
         except (UpstreamError, OSError) as exc:
-            if not self.client_gone:
+            if self.stop != "client_left":
                 await self._failed_before_response(exc)
             return
         except asyncio.CancelledError:
-            if not self.late or self.client_gone or self.aborted or self.task is None:
+            if self.stop != "headers_timeout" or self.task is None:
                 raise
             self.task.uncancel()
             await self._failed_before_response(TimeoutError())
@@ -254,29 +247,34 @@ class _Exchange:
             # what tells the upstream to stop generating.
             response.close()
 
-    async def _request_body(self, first: Message) -> tuple[bytes | AsyncIterator[bytes] | None, bool]:
-        """The body to send, and whether it can be sent again on another credential."""
+    async def _request_body(self, first: Message) -> tuple[Body, bool] | None:
+        """The body to send, and whether it can be sent again on another credential.
+
+        None if the client left before the body was whole.
+        """
         body: bytes = first.get("body", b"")
+        settings = self.owner.settings
         self.ctx.bytes_in = len(body)
         if not first.get("more_body", False):
             # The whole body is already here (always so for GET and small
             # JSON requests): send it as bytes and start watching right away.
             self._watch_for_disconnect()
-            return body or None, len(body) <= self.owner.settings.retry_body_limit
-        declared = _content_length(self.scope["headers"])
+            return body or None, len(body) <= settings.retry_body_limit
+        declared = _content_length(request_headers(self.scope))
         pool = self.owner.pools[self.route.provider]
-        retries_possible = len(pool.credentials) > 1 or self.owner.settings.connect_retries > 0
-        if declared is None or declared > self.owner.settings.retry_body_limit or not retries_possible:
+        retries_possible = len(pool.credentials) > 1 or settings.connect_retries > 0
+        if declared is None or declared > settings.retry_body_limit or not retries_possible:
             # Streamed through with the client's Content-Length (or chunked
             # without one), and so never sent twice (README).
-            return _Upload(self, body), False
+            upload = RequestBody(self.receive, body, self.ctx, self._watch_for_disconnect, self._client_left)
+            return upload, False
         # Small enough to keep for a retry: read it whole first.
         parts = [body]
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":
-                self.client_gone = True  # our own task: return, don't cancel ourselves
-                return None, False
+                self.stop = "client_left"  # our own task: return, don't cancel ourselves
+                return None
             parts.append(message.get("body", b""))
             self.ctx.bytes_in += len(parts[-1])
             if not message.get("more_body", False):
@@ -284,9 +282,7 @@ class _Exchange:
         self._watch_for_disconnect()
         return b"".join(parts), True
 
-    async def _attempts(
-        self, headers: Headers, data: bytes | AsyncIterator[bytes] | None, replayable: bool
-    ) -> Response | None:
+    async def _attempts(self, headers: Headers, data: Body, replayable: bool) -> Response | None:
         """Try the pool's credentials in order until one gets a response worth relaying.
 
         Before any byte reaches the client only: a refused credential (401/403,
@@ -298,11 +294,13 @@ class _Exchange:
         if not candidates:
             self.ctx.outcome, self.ctx.detail = "bad_request", "no_credential_for_path"
             message = f"No configured {self.route.provider} credential can serve this path."
-            await send_error(self.send, self.route.provider, 400, message)
+            await self._answer_error(400, message)
             return None
-        client, settings = self.owner.client.pool, self.owner.settings
+        client, settings = self.owner.client, self.owner.settings
         method: str = self.scope["method"]
-        length = None if isinstance(data, bytes) or data is None else _content_length(self.scope["headers"])
+        length = (
+            None if isinstance(data, bytes) or data is None else _content_length(request_headers(self.scope))
+        )
         index, connect_failures = 0, 0
         while True:
             cred, destination = candidates[index]
@@ -349,8 +347,7 @@ class _Exchange:
             self.route.provider,
             message,
         )
-        extra = [(b"retry-after", b"1")] if status == 503 else []
-        await send_error(self.send, self.route.provider, status, message, extra)
+        await self._answer_error(status, message, [(b"retry-after", b"1")] if status == 503 else None)
 
     async def _relay(self, response: Response) -> None:
         headers, is_sse = client_response_headers(response.headers)
@@ -367,9 +364,9 @@ class _Exchange:
         deadline = None
         if settings.stream_deadline is not None:
             # The deadline counts from the start of the request, not of the body.
-            elapsed = _monotonic() - self.ctx.started
+            elapsed = time.monotonic() - self.ctx.started
             deadline = self.loop.time() + settings.stream_deadline - elapsed
-        self.started = True
+        self.phase = "response"
         await self.send({"type": "http.response.start", "status": response.status, "headers": headers})
         tail = b""
         try:
@@ -384,10 +381,10 @@ class _Exchange:
             )
             # The body's last piece goes with the final message: one send less
             # (a whole small JSON answer is one send).
-            self.finished = True
+            self.phase = "ending"
             await self.send({"type": "http.response.body", "body": tail, "more_body": False})
         except (StreamTimeout, UpstreamError, OSError) as exc:
-            if not (self.client_gone or self.finished):
+            if self.stop is None and self.phase != "ending":
                 self._cut(exc)
         finally:
             # Even a cut or abandoned stream has used tokens: record what was reported.
@@ -410,7 +407,7 @@ class _Exchange:
             self.ctx.detail,
         )
 
-    def _note_request_id(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    def _note_request_id(self, headers: Headers) -> Headers:
         """Keep the provider's request id, renamed where Sluice's own X-Request-ID goes."""
         out = []
         for name, value in headers:
@@ -435,88 +432,7 @@ class _Exchange:
             reason,
             self.upstream.key_setting,
         )
-        self.started = True
         detail = "could not obtain an access token" if reason == "token" else f"HTTP {reason}"
-        await send_error(
-            self.send,
-            self.route.provider,
-            502,
-            f"The {self.route.provider} upstream refused Sluice's credentials ({detail}).",
+        await self._answer_error(
+            502, f"The {self.route.provider} upstream refused Sluice's credentials ({detail})."
         )
-
-    def _watch_for_disconnect(self) -> None:
-        # Sluice's own server calls us back when the client goes (h1server,
-        # watch_disconnect): no task, no timer. Otherwise the watcher is a
-        # task waiting in receive(); one that answers within WATCH_DELAY
-        # never needs it, and a disconnect is still seen when it starts (the
-        # server remembers it), at most WATCH_DELAY late.
-        extensions = self.scope.get("extensions")
-        if extensions is not None:
-            watch = extensions.get("sluice.disconnect")
-            if watch is not None and watch(self.receive, self._gone):
-                self.watching = watch
-                return
-        self.watch_timer = self.loop.call_later(WATCH_DELAY, self._start_watcher)
-
-    def _gone(self) -> None:
-        if not self.finished:
-            self._client_left()
-
-    def _start_watcher(self) -> None:
-        self.watch_timer = None
-        if self.task is not None and not self.task.done():
-            self.watcher = asyncio.ensure_future(self._wait_for_disconnect())
-
-    async def _wait_for_disconnect(self) -> None:
-        while True:
-            message = await self.receive()
-            if message["type"] == "http.disconnect":
-                self._gone()
-                return
-
-    def _headers_late(self) -> None:
-        if self.task is not None and not self.task.done():
-            self.late = True
-            self.task.cancel()
-
-    def _client_left(self) -> None:
-        self.client_gone = True
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-
-
-class _Upload:
-    """The request body as the server receives it; the client writes each piece upstream.
-
-    An iterator class, not an async generator: mypyc compiles this module
-    (README, "Compiled modules") and cannot compile async generators.
-    """
-
-    __slots__ = ("done", "exchange", "first")
-
-    def __init__(self, exchange: _Exchange, first: bytes) -> None:
-        self.exchange = exchange
-        self.first = first
-        self.done = False
-
-    def __aiter__(self) -> _Upload:
-        return self
-
-    async def __anext__(self) -> bytes:
-        if self.first:
-            first, self.first = self.first, b""
-            return first
-        exchange = self.exchange
-        while not self.done:
-            message = await exchange.receive()
-            if message["type"] == "http.disconnect":
-                exchange._client_left()
-                raise ConnectionAbortedError("client disconnected during the upload")
-            chunk: bytes = message.get("body", b"")
-            exchange.ctx.bytes_in += len(chunk)
-            if not message.get("more_body", False):
-                self.done = True
-                exchange._watch_for_disconnect()
-            if chunk:
-                return chunk
-        raise StopAsyncIteration

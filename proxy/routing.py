@@ -15,7 +15,7 @@ from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from .config import ProviderName
-from .headers import ScopeHeaders, name_of
+from .http import Headers
 
 PREFIXES: dict[bytes, ProviderName] = {
     b"openai": "openai",
@@ -52,9 +52,8 @@ class BadPath(ValueError):
     """The request target is not a plain path; answer 400 without going upstream."""
 
 
-# Not frozen, though nothing changes one once made: one is built for every
-# request, and a frozen dataclass's __init__ costs an object.__setattr__ per
-# field. Its own __init__: see context.Usage.
+# Its own __init__ (init=False): made for every request, and a hand-written
+# one is much cheaper than the one @dataclass generates (proxy/http/README.md).
 @dataclass(slots=True, init=False)
 class Route:
     provider: ProviderName
@@ -102,7 +101,8 @@ def _check_escapes(raw_path: bytes) -> None:
 
 def _may_hold_key(query_string: bytes) -> bool:
     # The common case, decided without parsing: no "key", not even encoded.
-    # find, not `in`: see headers.py.
+    # find(), not `in`: on Python 3.11, `x in some_bytes` first tries x as an
+    # integer and handles the TypeError, which costs far more than the search.
     return query_string.lower().find(b"key") != -1 or query_string.find(b"%") != -1
 
 
@@ -132,7 +132,7 @@ def strip_query_credentials(query_string: bytes) -> bytes:
     return b"&".join(p for p in query_string.split(b"&") if not _is_key(p))
 
 
-def resolve(raw_path: bytes, headers: ScopeHeaders, query_string: bytes) -> Route | None:
+def resolve(raw_path: bytes, headers: Headers, query_string: bytes) -> Route | None:
     """Map a validated path to a provider, or ``None`` when no provider serves it.
 
     ``/openai/…``, ``/gemini/…`` and ``/anthropic/…`` are explicit. Un-prefixed
@@ -152,15 +152,14 @@ def resolve(raw_path: bytes, headers: ScopeHeaders, query_string: bytes) -> Rout
     return Route(_provider_for_v1(rest, headers, query_string), path)
 
 
-def _provider_for_v1(rest: bytes, headers: ScopeHeaders, query_string: bytes) -> ProviderName:
+def _provider_for_v1(rest: bytes, headers: Headers, query_string: bytes) -> ProviderName:
     head = rest.split(b"/", 1)[0]
     if head in ANTHROPIC_V1:
         return "anthropic"
     if head in VERTEX_V1:
         return "gemini"
     goog = False
-    for pair in headers:  # one pass, no set: this runs for every un-prefixed /v1 request
-        name = name_of(pair)
+    for name, _ in headers:
         if name == b"anthropic-version":
             return "anthropic"
         goog = goog or name == b"x-goog-api-key"
@@ -169,14 +168,14 @@ def _provider_for_v1(rest: bytes, headers: ScopeHeaders, query_string: bytes) ->
     return "openai"
 
 
-def guess_provider(raw_path: bytes, headers: ScopeHeaders) -> ProviderName:
+def guess_provider(raw_path: bytes, headers: Headers) -> ProviderName:
     """Best effort for error bodies on requests that cannot be routed or validated."""
     head = raw_path.lstrip(b"/").split(b"/", 1)[0].split(b"?", 1)[0]
     if head in PREFIXES:
         return PREFIXES[head]
     if head in GEMINI_ROOTS:
         return "gemini"
-    names = {name_of(pair) for pair in headers}
+    names = {name for name, _ in headers}
     if b"anthropic-version" in names or b"x-api-key" in names:
         return "anthropic"
     if b"x-goog-api-key" in names:

@@ -18,8 +18,7 @@ from uvicorn.supervisors import Multiprocess
 from .app import create_app
 from .config import Settings
 from .dispatch import SluiceApp
-from .eventloop import UVICORN_LOOP
-from .h1server import H1Protocol
+from .http import server_options
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -75,8 +74,7 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         app=functools.partial(worker_app, settings),
         factory=True,
-        http=H1Protocol,
-        loop=UVICORN_LOOP,  # uvloop, with one change (eventloop.py)
+        **server_options(settings.http),  # the server protocol and event loop
         lifespan="on",
         workers=settings.workers,
         # uvicorn's access log prints query strings, and Gemini clients may put

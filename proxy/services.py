@@ -6,15 +6,15 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .accesslog import LogWriter
 from .config import Settings
 from .drain import Drain
+from .http import Client, new_client
 from .keys import KeyStore
 from .limits import Limiter
 from .limits.memory import MemoryLimiter
 from .metrics import Metrics
-from .accesslog import LogWriter
 from .pool import CredentialPool
-from .upstream import UpstreamClient
 
 logger = logging.getLogger("sluice")
 
@@ -22,7 +22,7 @@ logger = logging.getLogger("sluice")
 @dataclass
 class Services:
     settings: Settings
-    upstream: UpstreamClient
+    upstream: Client  # the transport's (SLUICE_HTTP): every upstream call goes through it
     metrics: Metrics
     keys: KeyStore | None
     limiter: Limiter
@@ -46,7 +46,7 @@ class Services:
         }
         return cls(
             settings=settings,
-            upstream=UpstreamClient(settings),
+            upstream=new_client(settings.http, settings.connect_timeout),
             metrics=metrics,
             keys=KeyStore(settings.keys_file) if settings.auth_enforced and settings.keys_file else None,
             limiter=limiter,

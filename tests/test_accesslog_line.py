@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-import proxy.native
+import proxy.http.native
 from proxy.accesslog.line import (
     _ms,
     _ms_parts,
@@ -104,7 +104,7 @@ def test_milliseconds_are_rounded_to_the_hundredth(seconds: float) -> None:
 
 def test_a_field_a_custom_layer_filled_with_a_non_string_still_makes_valid_json() -> None:
     ctx = RequestContext(request_id="r", method="POST", path="/v1/x")
-    if proxy.native.COMPILED:  # the compiled context refuses the value where it is stored
+    if proxy.http.native.COMPILED:  # the compiled context refuses the value where it is stored
         with pytest.raises(TypeError):
             ctx.model = 5  # type: ignore[assignment]
         with pytest.raises(TypeError):

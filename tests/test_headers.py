@@ -3,24 +3,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from proxy.errors import error_body
-from proxy.headers import client_response_headers, line_breaks, upstream_request_headers
-
-_CONTROLS_BUT_HTAB = {*range(32), 127} - {9}
-
-
-@given(st.binary(max_size=300))
-def test_line_breaks_counts_cr_lf_and_every_control_byte_but_htab(data: bytes) -> None:
-    assert line_breaks(data) == sum(byte in _CONTROLS_BUT_HTAB for byte in data)
-
-
-def test_a_well_formed_head_has_two_line_breaks_per_line() -> None:
-    head = b"HTTP/1.1 200 OK\r\nx-text: a\tb \x80\xff\r\ncontent-length: 2\r\n\r\n"
-    assert line_breaks(head) == 2 * 4
-    assert line_breaks(head.replace(b"a\tb", b"a\rb")) == 2 * 4 + 1
+from proxy.headers import client_response_headers, request_headers, upstream_request_headers
 
 
 def test_request_headers_lose_credentials_hop_by_hop_and_connection_tokens() -> None:
@@ -50,12 +35,21 @@ def test_request_headers_lose_credentials_hop_by_hop_and_connection_tokens() -> 
     }
 
 
-def test_request_headers_may_be_list_pairs_in_any_iterable() -> None:
-    # ASGI allows [name, value] lists and any iterable of them; read once.
+@pytest.mark.parametrize("make", [list, tuple, iter], ids=["list", "tuple", "iterator"])
+def test_request_headers_may_be_list_pairs_in_any_iterable(make: object) -> None:
+    # ASGI allows [name, value] lists and any iterable of them: read as tuples, converted once.
     pairs = [[b"connection", b"x-hop"], [b"x-hop", b"1"], [b"accept", b"*/*"], [b"host", b"h"]]
-    out = upstream_request_headers(iter(pairs))
-    assert out == [(b"accept", b"*/*")]
-    assert all(type(pair) is tuple for pair in out)
+    scope = {"headers": make(pairs)}  # type: ignore[operator]
+    converted = request_headers(scope)
+    assert converted == [(b"connection", b"x-hop"), (b"x-hop", b"1"), (b"accept", b"*/*"), (b"host", b"h")]
+    assert all(type(pair) is tuple for pair in converted)
+    assert scope["headers"] is converted and request_headers(scope) is converted  # the scope keeps them
+    assert upstream_request_headers(converted) == [(b"accept", b"*/*")]
+
+
+def test_request_headers_that_are_tuples_are_read_in_place() -> None:
+    scope = {"headers": [(b"accept", b"*/*")]}
+    assert request_headers(scope) is scope["headers"]
 
 
 def test_response_headers_keep_provider_facts_and_mark_event_streams() -> None:

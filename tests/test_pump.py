@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from proxy.asgi import Message
-from proxy.h1client import ConnectionPool, Origin, Response
+from proxy.http import Origin
+from proxy.http.h1client import ConnectionPool, Response
 from proxy.pump import Heartbeat, StreamTimeout, pump
 from proxy.usage import UsageTap
 
@@ -48,7 +49,7 @@ async def upstream(steps: Steps) -> AsyncIterator[Response]:
         yield response
         response.close()
     finally:
-        pool.close()
+        await pool.close()
         server.close()
 
 

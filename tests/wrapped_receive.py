@@ -2,7 +2,7 @@
 
 Sluice's server tells the passthrough of a client gone through the
 ``sluice.disconnect`` scope extension, but only for the ``receive`` it gave
-the app (proxy/h1server.py, ``watch_disconnect``). Behind this layer the
+the app (proxy/http/h1server.py, ``watch_disconnect``). Behind this layer the
 passthrough must fall back to waiting in ``receive()`` and still cancel the
 upstream at once.
 """

@@ -189,7 +189,7 @@ class ChatApi:
             request,
             settings=settings,
             store=self.store,
-            session=lambda: self.services.upstream.session,
+            client=self.services.upstream,
             pool=self.services.pools[request.provider],
             extra_headers=mock_headers(scope),
             on_unclaimed_usage=lambda usage: self._account(ctx.key, request.provider, usage),

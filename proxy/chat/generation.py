@@ -24,11 +24,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-import aiohttp
-
 from ..config import Settings
 from ..context import Usage
 from ..errors import upstream_failure
+from ..http import Client, Response, UpstreamError
 from ..pool import CredentialPool
 from ..vertex import TokenError
 from .events import ChatEvent, EventType
@@ -50,7 +49,7 @@ class Generation:
         *,
         settings: Settings,
         store: EventStore,
-        session: Callable[[], aiohttp.ClientSession],
+        client: Client,
         pool: CredentialPool,
         extra_headers: dict[str, str],
         on_unclaimed_usage: Callable[[Usage], Awaitable[None]],
@@ -59,7 +58,7 @@ class Generation:
         self.request = request
         self.settings = settings
         self.store = store
-        self._session = session
+        self._client = client
         self._pool = pool
         self._extra_headers = extra_headers
         self._on_unclaimed_usage = on_unclaimed_usage
@@ -180,22 +179,19 @@ class Generation:
                 try:
                     return await self._relay(response)
                 finally:
-                    # Closing (not releasing) an unfinished response drops the
-                    # connection: that is what tells the provider to stop.
-                    if response.content.is_eof():
-                        response.release()
-                    else:
-                        response.close()
+                    # An unfinished response drops its connection: that is
+                    # what tells the provider to stop.
+                    response.close()
         except TimeoutError:
             return Failure("timeout", f"The {req.provider} upstream did not answer in time.", True)
-        except (aiohttp.ClientError, OSError) as exc:
+        except (UpstreamError, OSError) as exc:
             if self._decoder is not None:  # the stream had begun
                 return Failure("stream_cut", f"The {req.provider} stream was cut short.", True)
             _status, message, kind = upstream_failure(exc, req.provider)
             code = {"overloaded": "overloaded", "connect_timeout": "timeout"}.get(kind, "unreachable")
             return Failure(code, message, True, None)
 
-    async def _post(self, native: NativeRequest) -> aiohttp.ClientResponse | None:
+    async def _post(self, native: NativeRequest) -> Response | None:
         """Post on the pool's credentials in order, failing over as the passthrough does.
 
         Nothing has reached the client yet, so a refused (401/403) or
@@ -203,37 +199,42 @@ class Generation:
         last one's answer is kept, and becomes the generation's error event.
         """
         candidates = self._pool.candidates(native.route, native.query)
-        response: aiohttp.ClientResponse | None = None
+        headers = [
+            (name.encode("latin-1"), value.encode("latin-1")) for name, value in native.headers.items()
+        ]
+        response: Response | None = None
         for index, (cred, destination) in enumerate(candidates):
             last = index == len(candidates) - 1
             try:
-                name, value = await cred.auth_header()
+                auth = await cred.auth_header()
             except TokenError:
                 self._pool.refused(cred, "token")
                 continue
-            headers = {**native.headers, name.decode("latin-1"): value.decode("latin-1")}
-            response = await self._session().post(
-                destination.url, data=native.body, headers=headers, allow_redirects=False
+            response = await self._client.request(
+                destination.origin, "POST", destination.target, [*headers, auth], native.body
             )
-            if not self._pool.judge(cred, response.status, response.headers.get("retry-after")):
+            retry_after = response.header(b"retry-after")
+            if not self._pool.judge(
+                cred, response.status, None if retry_after is None else retry_after.decode("latin-1")
+            ):
                 return response
             if not last:
                 response.close()
         return response
 
-    async def _relay(self, response: aiohttp.ClientResponse) -> Finish | Failure:
+    async def _relay(self, response: Response) -> Finish | Failure:
         provider = self.request.provider
-        content_type = response.headers.get("content-type", "")
+        content_type = (response.header(b"content-type") or b"").decode("latin-1")
         if response.status >= 400:
             return http_failure(provider, response.status, await _read_some(response))
         if not content_type.lower().startswith("text/event-stream"):
             message = f"The {provider} upstream answered {response.status} without an event stream."
             return Failure("upstream_error", message, True, response.status)
         decoder = self._decoder = StreamDecoder(provider, content_type)
+        loop = asyncio.get_running_loop()
         idle = self.settings.read_timeout
         while True:
-            async with asyncio.timeout(idle):
-                chunk = await response.content.readany()
+            chunk = await response.read(loop.time() + idle)
             if not chunk:
                 break
             for item in decoder.feed(chunk):
@@ -256,13 +257,14 @@ def usage_data(usage: Usage) -> dict[str, int | None]:
     }
 
 
-async def _read_some(response: aiohttp.ClientResponse) -> bytes:
+async def _read_some(response: Response) -> bytes:
+    """The start of an error body, at most ``_ERROR_BODY_CAP`` bytes and five seconds' worth."""
     body = bytearray()
-    with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-        async with asyncio.timeout(5.0):
-            while len(body) < _ERROR_BODY_CAP:
-                chunk = await response.content.read(_ERROR_BODY_CAP - len(body))
-                if not chunk:
-                    break
-                body += chunk
-    return bytes(body)
+    deadline = asyncio.get_running_loop().time() + 5.0
+    with contextlib.suppress(UpstreamError, OSError, TimeoutError):
+        while len(body) < _ERROR_BODY_CAP:
+            chunk = await response.read(deadline)
+            if not chunk:
+                break
+            body += chunk
+    return bytes(body[:_ERROR_BODY_CAP])

@@ -18,7 +18,7 @@ from ..asgi import ASGIApp, Receive, Scope, Send
 from ..body import read_body
 from ..context import RequestContext, http_context
 from ..errors import send_error
-from ..headers import ScopeHeaders, name_of, value_of
+from ..headers import request_headers
 from ..jsonread import loads
 from ..keys import KeyStore
 from ..metrics import Metrics
@@ -34,37 +34,23 @@ def presented_key(scope: Scope) -> str | None:
     (each the last one sent, if not empty), a ``Bearer`` authorization, and
     Gemini's ``?key=``.
     """
-    # Compared with each name: compiled, a byte compare each, where a set
-    # lookup hashed every header name first. Read with name_of/value_of, not
-    # unpacked as tuples: ASGI allows a pair to be a list, and a layer before
-    # this one may have added such pairs.
     goog = x_api = api = bearer = b""
-    headers: ScopeHeaders = scope["headers"]
-    for pair in headers:
-        name = name_of(pair)
-        value = value_of(pair)
+    for name, value in request_headers(scope):
         if name == b"authorization":
             scheme = value[:7]
             if scheme == b"Bearer " or scheme.lower() == b"bearer ":  # as SDKs send it, or not
-                bearer = _strip(value[7:])
+                bearer = value[7:].strip()
         elif name == b"x-goog-api-key":
-            goog = _strip(value)
+            goog = value.strip()
         elif name == b"x-api-key":
-            x_api = _strip(value)
+            x_api = value.strip()
         elif name == b"api-key":
-            api = _strip(value)
+            api = value.strip()
     found = goog or x_api or api or bearer
     if found:
         return found.decode("latin-1")
     key = query_key(scope["query_string"])
     return key.decode("latin-1") if key is not None else None
-
-
-def _strip(value: bytes) -> bytes:
-    """``value.strip()``, skipped when there is nothing to strip (a generic call, ~300 instructions)."""
-    if value and value[0] > 32 and value[-1] > 32:  # ASCII whitespace is all below 33
-        return value
-    return value.strip()
 
 
 def model_from_json(body: bytes) -> str | None:

@@ -1,6 +1,6 @@
 """Sluice's event loop: uvloop, with its connecting coroutines started in tasks of their own.
 
-proxy/eventloop.py says why: on Python 3.11 a uvloop coroutine that starts
+proxy/http/eventloop.py says why: on Python 3.11 a uvloop coroutine that starts
 while an exception is being handled can crash the process when it finishes.
 tests/test_failover.py meets the crash itself, with the compiled modules.
 """
@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import uvloop
 
-from proxy.eventloop import Loop, in_own_task, new_event_loop
+from proxy.http.eventloop import Loop, in_own_task, new_event_loop
 
 
 def _handled_while_connecting(loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> object:

@@ -1,4 +1,4 @@
-"""The compiled request path (setup.py, proxy/native.py): used when built, never when stale or refused."""
+"""The compiled build (setup.py, proxy/http/native.py): used when built, never when stale or refused."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PROBE = "import proxy, proxy.routing as r; print(proxy.native.COMPILED, r.__file__)"
+PROBE = "import proxy, proxy.routing as r; print(proxy.http.native.COMPILED, r.__file__)"
 
 
 def _probe(pythonpath: Path, **env: str) -> tuple[bool, str, str]:

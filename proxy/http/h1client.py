@@ -32,12 +32,12 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Final, cast
 
 import httptools
 
-from .headers import Headers, header_value, line_breaks
+from .interface import ConnectFailed, Headers, Origin, ResponseBroken, header_value
+from .wire import line_breaks
 
 HIGH_WATER = 64 * 1024  # buffered body bytes that pause the upstream socket
 IDLE_TIMEOUT = 15.0  # seconds an unused keep-alive connection is kept (aiohttp's default too)
@@ -45,49 +45,6 @@ DNS_TTL = 300.0  # seconds an origin's addresses are reused (aiohttp's default t
 MAX_HEADER_BYTES = 64 * 1024  # provider responses carry long rate-limit and trace headers
 
 _BODYLESS_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
-
-
-class UpstreamError(Exception):
-    """The upstream exchange failed."""
-
-
-class ConnectFailed(UpstreamError):
-    """No connection could be made: the upstream never saw the request."""
-
-    def __init__(self, cause: OSError | None, timed_out: bool = False) -> None:
-        super().__init__("connect timed out" if timed_out else f"connect failed: {cause.__class__.__name__}")
-        self.cause = cause
-        self.timed_out = timed_out
-
-
-class ResponseBroken(UpstreamError):
-    """The connection failed, or the upstream broke HTTP, after the request went out."""
-
-    def __init__(self, reason: str, before_response: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.before_response = before_response  # not a byte of the response had arrived
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    scheme: str
-    host: str
-    port: int
-    host_header: bytes = field(init=False, compare=False, repr=False)
-    _hash: int = field(init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = 443 if self.scheme == "https" else 80
-        value = (host if self.port == default else f"{host}:{self.port}").encode("idna")
-        object.__setattr__(self, "host_header", value)
-        object.__setattr__(self, "_hash", hash((self.scheme, self.host, self.port)))
-
-    def __hash__(self) -> int:
-        # Kept, not recomputed: an origin keys the pool's dicts twice a request,
-        # and the __hash__ dataclass writes is a Python function even compiled.
-        return self._hash
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -236,7 +193,8 @@ class _Connection(asyncio.Protocol):
         self.got_bytes = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            # An upgrade (101) answers only a request that asked for one, which Sluice never sends.
             self._broken(f"malformed response ({exc.__class__.__name__})")
             self.abort()
             return
@@ -281,7 +239,12 @@ class _Connection(asyncio.Protocol):
         self.header_bytes += len(name) + len(value)
         if self.header_bytes > MAX_HEADER_BYTES:
             raise httptools.HttpParserError("response headers too large")
-        self.headers.append((name.lower(), value))
+        if self.response is not None:
+            return  # a trailer field, after the body: not one of the response's headers
+        # llhttp drops the whitespace before a value, not after it; neither is
+        # part of the value (RFC 9110, 5.5). rstrip returns the value itself
+        # when there is none to drop.
+        self.headers.append((name.lower(), value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -425,6 +388,7 @@ class ConnectionPool:
         self._ssl: ssl.SSLContext | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self.opened = 0  # connections made, for tests and metrics
+        self._closed = False
 
     @property
     def ssl_context(self) -> ssl.SSLContext:
@@ -525,7 +489,16 @@ class ConnectionPool:
         if any(self._idle.values()):
             self._sweeper = asyncio.get_running_loop().call_later(self.idle_timeout / 2, self._sweep)
 
-    def close(self) -> None:
+    @property
+    def is_open(self) -> bool:
+        return not self._closed
+
+    async def open(self) -> None:
+        self._closed = False
+
+    async def close(self) -> None:
+        """Drop every connection, idle or in use."""
+        self._closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

@@ -64,7 +64,8 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.server import ServerState
 
-from .headers import connection_tokens, line_breaks, name_of, value_of
+from .interface import DISCONNECT_EXTENSION, connection_tokens
+from .wire import line_breaks, name_of, value_of
 
 __all__ = ["HEAD_TIMEOUT", "MAX_HEAD_BYTES", "H1Protocol"]
 
@@ -309,7 +310,7 @@ class H1Protocol(asyncio.Protocol):
         }
         keep_alive = version != "1.0" and parser.should_keep_alive()
         cycle = _Cycle(self, scope, keep_alive, self.expect_continue)
-        scope["extensions"] = {"sluice.disconnect": cycle.watch_disconnect}
+        scope["extensions"] = {DISCONNECT_EXTENSION: cycle.watch_disconnect}
         if self.limit_concurrency is not None and (
             len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
         ):

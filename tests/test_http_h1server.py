@@ -31,8 +31,8 @@ import uvicorn
 import uvloop
 import websockets.asyncio.client
 
-from proxy.eventloop import UVICORN_LOOP, Loop
-from proxy.h1server import MAX_HEAD_BYTES, H1Protocol
+from proxy.http.eventloop import UVICORN_LOOP, Loop
+from proxy.http.h1server import MAX_HEAD_BYTES, H1Protocol
 from tests.rawhttp import RawConnection, RawResponse
 
 pytestmark = pytest.mark.timeout(10)

@@ -1,7 +1,7 @@
 """Which of Sluice's modules run compiled, and never a stale compiled copy.
 
 ``setup.py`` has mypyc compile the modules every request runs through into C
-extensions (README, "Compiled modules"); Python imports such an extension in
+extensions (``README.md`` beside this module); Python imports such an extension in
 preference to the ``.py`` beside it. Two cases must not run it:
 
 - ``SLUICE_PURE_PYTHON=1``: the interpreted code is wanted (debugging,
@@ -12,7 +12,8 @@ preference to the ``.py`` beside it. Two cases must not run it:
 
 In both cases the ``.py`` files are imported instead, through a finder placed
 ahead of the standard ones; the second case also warns. This module is
-imported by ``proxy/__init__.py``, before any compiled module can be.
+imported first by ``proxy/http/__init__.py`` (which ``proxy/__init__.py``
+imports), before any compiled module can be.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parent.parent  # proxy/
 # A checkout has setup.py beside the package; an installed wheel does not (its
 # files' times are when pip wrote them, and say nothing about staleness).
 CHECKOUT = (PACKAGE.parent / "setup.py").is_file()

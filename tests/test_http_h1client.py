@@ -27,16 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from proxy.h1client import (
-    HIGH_WATER,
-    MAX_HEADER_BYTES,
-    ConnectFailed,
-    ConnectionPool,
-    Origin,
-    Response,
-    ResponseBroken,
-    UpstreamError,
-)
+from proxy.http import ConnectFailed, Origin, ResponseBroken, UpstreamError
+from proxy.http.h1client import HIGH_WATER, MAX_HEADER_BYTES, ConnectionPool, Response
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -204,7 +196,7 @@ async def serve(
     try:
         yield upstream
     finally:
-        pool.close()
+        await pool.close()
         server.close()
         for task in tasks:
             task.cancel()
@@ -1015,7 +1007,7 @@ async def test_a_refused_connection_is_connect_failed() -> None:
         with pytest.raises(ConnectFailed) as info:
             await pool.request(Origin("http", "127.0.0.1", port), "POST", b"/", [], b"x")
     finally:
-        pool.close()
+        await pool.close()
     assert isinstance(info.value.cause, ConnectionRefusedError)
     assert not info.value.timed_out
     assert pool.opened == 0
@@ -1052,7 +1044,7 @@ async def test_a_connect_that_hangs_is_connect_failed_timed_out() -> None:
             with pytest.raises(ConnectFailed) as info:
                 await pool.request(Origin("http", *address), "GET", b"/", [])
         finally:
-            pool.close()
+            await pool.close()
         assert info.value.timed_out
         assert info.value.cause is None
         assert 0.25 < loop.time() - started < 3.0
@@ -1070,7 +1062,7 @@ async def test_addresses_are_tried_in_turn_and_the_one_that_answered_stays_first
     async with serve(answer_each, pool=ConnectionPool(connect_timeout=5, resolve=resolve)) as upstream:
         port = upstream.origin.port
         await get(upstream)
-        upstream.pool.close()  # drops the kept-alive connection; the DNS answer stays
+        await upstream.pool.close()  # drops the kept-alive connection; the DNS answer stays
         await get(upstream)  # a new connection: the answering address is tried first now
         assert upstream.pool.opened == 2
         assert upstream.pool._dns[upstream.origin][1][0] == ("127.0.0.1", port)
