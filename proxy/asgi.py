@@ -1,12 +1,16 @@
-"""ASGI type aliases shared by the endpoint and the middleware."""
+"""ASGI type aliases shared by the endpoint and the middleware.
+
+Scopes and messages are dicts, as the ASGI specification makes them (and as
+every server and middleware builds them).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
+Scope = dict[str, Any]
+Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]

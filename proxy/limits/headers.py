@@ -9,15 +9,13 @@ time their retries. Seconds are rounded up: saying "retry in 0 s" when
 
 from __future__ import annotations
 
+import math
+
 from .base import Decision
 
 
 def _seconds(value: float) -> bytes:
-    # Rounded up by hand: compiled, math.ceil is a generic call.
-    whole = int(value)
-    if whole < value:
-        whole += 1
-    return b"%d" % max(0, whole)
+    return b"%d" % max(0, math.ceil(value))
 
 
 def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
