@@ -5,6 +5,10 @@
 * Sluice runs as a real subprocess started through its own CLI
   (``python -m proxy serve --port 0``), exactly as a user starts it. All of
   its output goes to a file that the canary tests scan for secrets.
+* The modules in ``BOTH_MODES`` run twice, once per transport (``SLUICE_HTTP``
+  fast and stock): every Sluice their tests start runs in the mode of the
+  run, and the test ids say which (``[fast]``, ``[stock]``). The stock
+  transport is the reference the fast one is held to.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.http import HTTP_MODES
 from proxy.mock import MockHandle, start_mock_in_thread
 from tests.redis_server import RedisServer, redis_server_session
 
@@ -89,6 +94,34 @@ def start_sluice(log_path: Path, env: dict[str, str], *args: str, timeout: float
     raise RuntimeError(f"sluice did not start in {timeout}s:\n{log_path.read_text()}")
 
 
+# The tests of what the transport decides at the edges: bytes through the
+# official SDKs, streaming, disconnects, heartbeats, failover, errors, security.
+BOTH_MODES = frozenset(
+    {
+        "test_sdk_openai",
+        "test_sdk_gemini",
+        "test_sdk_anthropic",
+        "test_streaming",
+        "test_resilience",
+        "test_failover",
+        "test_security",
+        "test_chat_api",
+    }
+)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if module in BOTH_MODES and "http_mode" in metafunc.fixturenames:
+        metafunc.parametrize("http_mode", HTTP_MODES, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def http_mode(request: pytest.FixtureRequest) -> str:
+    """The transport every Sluice of this test runs (``fast`` outside the BOTH_MODES modules)."""
+    return str(getattr(request, "param", "fast"))
+
+
 @pytest.fixture(scope="session")
 def mock() -> Iterator[MockHandle]:
     handle = start_mock_in_thread()
@@ -100,12 +133,16 @@ SluiceFactory = Callable[..., SluiceProcess]
 
 
 @pytest.fixture(scope="session")
-def sluice_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SluiceFactory]:
-    """Start extra Sluice processes with their own settings; all stopped at the end."""
+def sluice_factory(tmp_path_factory: pytest.TempPathFactory, http_mode: str) -> Iterator[SluiceFactory]:
+    """Start extra Sluice processes with their own settings; all stopped at the end.
+
+    They run the transport of ``http_mode`` unless ``SLUICE_HTTP`` is given.
+    """
     started: list[SluiceProcess] = []
 
     def factory(*args: str, **env: str) -> SluiceProcess:
         log_path = tmp_path_factory.mktemp("sluice") / "sluice.log"
+        env.setdefault("SLUICE_HTTP", http_mode)
         process = start_sluice(log_path, clean_env(**env), *args)
         started.append(process)
         return process
