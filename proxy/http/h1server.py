@@ -57,7 +57,7 @@ import re
 import urllib.parse
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 
 import httptools
 from uvicorn.config import Config
@@ -184,7 +184,7 @@ class H1Protocol(asyncio.Protocol):
         self.connections.discard(self)
         cycle = self.cycle
         if cycle is not None:
-            if not cycle.complete:
+            if not cycle.finished:
                 cycle.disconnected = True
             cycle.wake()
         self.resume_writing()  # a send waiting for the socket returns (and is ignored)
@@ -220,7 +220,7 @@ class H1Protocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown: close when idle, else after the current answer."""
         cycle = self.cycle
-        if cycle is None or cycle.complete:
+        if cycle is None or cycle.finished:
             self.transport.close()
         else:
             cycle.keep_alive = False
@@ -318,7 +318,7 @@ class H1Protocol(asyncio.Protocol):
             cycle.app = cast(App, service_unavailable)
         self.parsing = cycle
         current = self.cycle
-        if current is None or current.complete:
+        if current is None or current.finished:
             self.cycle = cycle
             self._start(cycle)
         else:
@@ -329,7 +329,7 @@ class H1Protocol(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         cycle = self.parsing
-        if cycle is None or cycle.complete:
+        if cycle is None or cycle.finished:
             return  # answered already: the rest of the body is read and dropped
         cycle.body += body
         if len(cycle.body) > HIGH_WATER:
@@ -338,9 +338,9 @@ class H1Protocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         cycle = self.parsing
-        if cycle is None or cycle.complete:
+        if cycle is None or cycle.finished:
             return
-        cycle.more_body = False
+        cycle.request_body = "parsed"
         cycle.wake()
 
     # ----------------------------------------------------------------- steps
@@ -383,7 +383,7 @@ class H1Protocol(asyncio.Protocol):
         if self.transport.is_closing():
             return
         now = self.loop.time()
-        answering = self.cycle is not None and not self.cycle.complete
+        answering = self.cycle is not None and not self.cycle.finished
         if self.head_since and not answering:
             # A head being trickled in. (Behind an answer under way, it is
             # left until that answer completes: reading may be paused.)
@@ -408,10 +408,10 @@ class H1Protocol(asyncio.Protocol):
     def _bad_request(self, status: int, message: str) -> None:
         logger.warning(message)
         cycle, answering = self.cycle, False
-        if cycle is not None and not cycle.complete:
+        if cycle is not None and not cycle.finished:
             cycle.disconnected = True  # the app sees the client gone; its sends go nowhere
             cycle.wake()
-            answering = cycle.started
+            answering = cycle.answer == "started"
         if not answering:  # never write a 400 into an answer already under way
             self.transport.write(_simple_response(status, message))
         self.transport.close()
@@ -435,8 +435,8 @@ class H1Protocol(asyncio.Protocol):
             cycle = self.parsing
             if cycle is not None:
                 cycle.keep_alive = False
-                if cycle.more_body:
-                    cycle.more_body = False
+                if cycle.request_body == "reading":
+                    cycle.request_body = "parsed"
                     cycle.wake()
             return
         # As uvicorn's own protocol does: replay the head to the websocket protocol.
@@ -454,31 +454,40 @@ class H1Protocol(asyncio.Protocol):
         self.transport.set_protocol(protocol)
 
 
+# How far a request's body has come: the parser is still reading it; the
+# parser has all of it, and the app has yet to receive its last message; the
+# app has received all of it.
+BodyState = Literal["reading", "parsed", "delivered"]
+# How far the answer has come: not begun; its head sent (or held back to go
+# with the first body piece); complete; cut short (the connection closed
+# without the rest: the app failed, or returned without completing it).
+AnswerState = Literal["pending", "started", "complete", "cut"]
+# How the answer's body is delimited on the wire.
+Framing = Literal["none", "length", "chunked", "close"]
+
+
 class _Cycle:
     """One request and its answer: the ASGI ``receive`` and ``send`` the app gets."""
 
     __slots__ = (
+        "answer",
         "app",
         "body",
-        "chunked",
-        "complete",
         "conn",
-        "delivered_end",
+        "continue_due",
         "disconnected",
+        "framing",
         "head",
         "head_only",
         "http10",
         "keep_alive",
-        "more_body",
-        "no_body",
         "on_gone",
         "remaining",
+        "request_body",
         "scope",
-        "started",
         "task",
         "transport",
         "waiter",
-        "waiting_continue",
     )
 
     def __init__(
@@ -495,46 +504,49 @@ class _Cycle:
         self.task: asyncio.Task[None] | None = None
         self.transport = conn.transport
         self.keep_alive = keep_alive
-        self.waiting_continue = expect_continue
+        self.disconnected = False  # the client is gone (or must be treated as gone)
         # Request side.
-        self.body = bytearray()
-        self.more_body = True
-        self.delivered_end = False
+        self.request_body: BodyState = "reading"
+        self.body = bytearray()  # received, not yet handed to the app
+        self.continue_due = expect_continue  # a 100 Continue to send when the app first reads
         self.waiter: asyncio.Future[None] | None = None
-        self.disconnected = False
         self.on_gone: Callable[[], None] | None = None  # see watch_disconnect
         # Response side.
-        self.started = False
-        self.complete = False
-        self.chunked = False
-        self.no_body = False
-        self.remaining = -1  # body bytes Content-Length still allows; -1: no Content-Length
+        self.answer: AnswerState = "pending"
+        self.framing: Framing = "none"
+        self.remaining = -1  # with "length" framing: the body bytes Content-Length still allows
         self.head: bytes | None = None  # written with the first body piece, or at the end of the step
+
+    @property
+    def finished(self) -> bool:
+        """Whether the answer is over: complete, or cut short."""
+        answer = self.answer
+        return answer == "complete" or answer == "cut"
 
     def wake(self) -> None:
         waiter, self.waiter = self.waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-        if self.on_gone is not None and (self.disconnected or self.complete):
+        if self.on_gone is not None and (self.disconnected or self.finished):
             on_gone, self.on_gone = self.on_gone, None
             if self.disconnected:
                 on_gone()
 
     def watch_disconnect(self, receive: object, on_gone: Callable[[], None] | None) -> bool:
-        """The ``sluice.disconnect`` scope extension: ``on_gone()`` once the client has gone.
+        """The disconnect scope extension: ``on_gone()`` once the client has gone.
 
         What a task waiting in ``receive()`` for ``http.disconnect`` would
-        learn, without the task (~12 k instructions under callgrind). Called
-        at most once, before the response is complete; ``None`` withdraws it.
-        Only for the ``receive`` this server gave the app (False otherwise): a
-        layer that wraps it may have its own idea of the client's messages, so
-        such a caller keeps waiting in its ``receive()``.
+        learn, without the task. Called at most once, before the response is
+        complete; ``None`` withdraws it. Only for the ``receive`` this server
+        gave the app (False otherwise): a layer that wraps it may have its own
+        idea of the client's messages, so such a caller keeps waiting in its
+        ``receive()``.
         """
         if receive != self.receive:
             return False
         if on_gone is not None and self.disconnected:
             self.conn.loop.call_soon(on_gone)  # gone already: told as soon as it can be
-        elif not self.complete:
+        elif not self.finished:
             self.on_gone = on_gone
         return True
 
@@ -547,7 +559,7 @@ class _Cycle:
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
                 logger.error("Exception in ASGI application\n", exc_info=exc)
-            if not self.started and not self.disconnected:
+            if self.answer == "pending" and not self.disconnected:
                 self._write_now(_simple_response(500, "Internal Server Error"))
                 self.disconnected = True
             self._cut()
@@ -555,11 +567,11 @@ class _Cycle:
             if result is not None:
                 logger.error("ASGI callable should return None, but returned '%s'.", result)
                 self._cut()
-            elif not self.started and not self.disconnected:
+            elif self.answer == "pending" and not self.disconnected:
                 logger.error("ASGI callable returned without starting response.")
                 self._write_now(_simple_response(500, "Internal Server Error"))
                 self._cut()
-            elif not self.complete and not self.disconnected:
+            elif not self.finished and not self.disconnected:
                 logger.debug("ASGI callable returned without completing response.")
                 self._cut()
         finally:
@@ -570,7 +582,7 @@ class _Cycle:
     def _cut(self) -> None:
         # Whatever was written goes out, then the connection ends: a client
         # never mistakes a failed answer for a complete one.
-        self.complete = True
+        self.answer = "cut"
         self._write_now(b"")  # a head still held back
         self.transport.close()
 
@@ -587,27 +599,33 @@ class _Cycle:
 
     # -------------------------------------------------------------- receive
     async def receive(self) -> Message:
-        if self.waiting_continue:
-            self.waiting_continue = False
-            if not self.transport.is_closing() and self.more_body:
+        if self.continue_due:
+            self.continue_due = False
+            if not self.transport.is_closing() and self.request_body == "reading":
                 self.transport.write(_CONTINUE)
-        while not (self.disconnected or self.complete or self.body or self._end_pending()):
+        while not (self.disconnected or self.finished or self.body or self._end_pending()):
             if self.conn.parsing is self:
                 self.conn.resume_reading()
             if self.waiter is None:
                 self.waiter = self.conn.loop.create_future()
             await asyncio.shield(self.waiter)  # several receivers may wait on one waiter
-        if self.disconnected or self.complete:
+        if self.disconnected or self.finished:
             return {"type": "http.disconnect"}
         body, self.body = bytes(self.body), bytearray()
-        if not self.more_body:
-            self.delivered_end = True
+        more_body = self._more_body()
+        if not more_body:
+            self.request_body = "delivered"
         elif self.conn.parsing is self:
             self.conn.resume_reading()  # paused above HIGH_WATER: the app has taken it
-        return {"type": "http.request", "body": body, "more_body": self.more_body}
+        return {"type": "http.request", "body": body, "more_body": more_body}
 
+    # Methods, not tests of self.request_body in place: callbacks change it
+    # while receive() waits, and a test would narrow its type past the wait.
     def _end_pending(self) -> bool:
-        return not self.more_body and not self.delivered_end
+        return self.request_body == "parsed"
+
+    def _more_body(self) -> bool:
+        return self.request_body == "reading"
 
     # ----------------------------------------------------------------- send
     async def send(self, message: Message) -> None:
@@ -616,11 +634,12 @@ class _Cycle:
         if self.disconnected:
             return
         kind = message["type"]
-        if not self.started:
+        answer = self.answer
+        if answer == "pending":
             if kind != "http.response.start":
                 raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{kind}'.")
             self._head(message["status"], message.get("headers", ()))
-        elif not self.complete:
+        elif answer == "started":
             if kind != "http.response.body":
                 raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{kind}'.")
             self._body(message.get("body", b""), message.get("more_body", False))
@@ -633,8 +652,9 @@ class _Cycle:
         except (KeyError, TypeError):
             raise RuntimeError(f"Invalid HTTP status code {status!r}.") from None
         # Locals until the head is known to be valid: a refused start changes nothing.
-        lines, remaining, chunked, keep_alive = 1, -1, False, self.keep_alive
-        framed = close = False
+        lines, remaining, keep_alive = 1, -1, self.keep_alive
+        framing: Framing = "close"
+        close = False
         for pair in (*self.conn.server_state.default_headers, *headers):
             # Typed (ASGI header names and values are bytes): compiled, the
             # comparisons below are then byte compares, not generic ones.
@@ -649,15 +669,15 @@ class _Cycle:
                     if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
                         _GOOD_NAMES.add(name)
             if name == b"content-length":
-                if not framed:
+                if framing == "close":
                     try:
                         remaining = int(value)
                     except ValueError:
                         raise RuntimeError("Invalid Content-Length header.") from None
-                    framed = True
+                    framing = "length"
             elif name == b"transfer-encoding":
                 if value.lower() == b"chunked":
-                    remaining, chunked, framed = -1, True, True
+                    remaining, framing = -1, "chunked"
             elif name == b"connection" and b"close" in connection_tokens(value):
                 keep_alive, close = False, True
             parts.append(name)  # four appends: `+=` a tuple builds the tuple first
@@ -665,14 +685,13 @@ class _Cycle:
             parts.append(value)
             parts.append(b"\r\n")
             lines += 1
-        no_body = status in _BODYLESS_STATUS or status < 200 or self.head_only
-        if no_body:
-            remaining, chunked = -1, False
-        elif not framed:
+        if status in _BODYLESS_STATUS or status < 200 or self.head_only:
+            remaining, framing = -1, "none"
+        elif framing == "close":
             if self.http10:
                 keep_alive = False  # 1.0 clients cannot read chunks: the close ends the body
             else:
-                chunked = True
+                framing = "chunked"
                 parts.append(_CHUNKED_HEADER)
                 lines += 1
         if not keep_alive and not close:
@@ -682,21 +701,22 @@ class _Cycle:
         head = b"".join(parts)
         if line_breaks(head) != 2 * (lines + 1):  # the status line, each header, the blank line
             raise RuntimeError("Invalid HTTP header value.")
-        self.remaining, self.chunked, self.no_body, self.keep_alive = remaining, chunked, no_body, keep_alive
-        self.started = True
-        self.waiting_continue = False  # answered without reading the body: no 100 Continue
+        self.remaining, self.framing, self.keep_alive = remaining, framing, keep_alive
+        self.answer = "started"
+        self.continue_due = False  # answered without reading the body: no 100 Continue
         self.head = head
         self.conn.loop.call_soon(self._flush_head)
 
     def _body(self, body: bytes, more_body: bool) -> None:
-        if self.no_body:
+        framing = self.framing
+        if framing == "none":
             data = b""
-        elif self.chunked:
+        elif framing == "chunked":
             data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
             if not more_body:
                 data += _LAST_CHUNK
         else:
-            if self.remaining >= 0:
+            if framing == "length":
                 if len(body) > self.remaining:
                     raise RuntimeError("Response content longer than Content-Length")
                 self.remaining -= len(body)
@@ -705,7 +725,7 @@ class _Cycle:
             raise RuntimeError("Response content shorter than Content-Length")
         self._write_now(data)
         if not more_body:
-            self.complete = True
+            self.answer = "complete"
             self.wake()  # a receive() waiting for the client now returns http.disconnect
             if not self.keep_alive:
                 self.transport.close()
