@@ -74,7 +74,8 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     return uvicorn.Config(
         app=functools.partial(worker_app, settings),
         factory=True,
-        **server_options(settings.http),  # the server protocol and event loop
+        # The server protocol, the event loop and the logging set-up.
+        **server_options(settings.http, logging_config(settings.log_level)),
         lifespan="on",
         workers=settings.workers,
         # uvicorn's access log prints query strings, and Gemini clients may put
@@ -85,7 +86,6 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         # Sluice's decision (and a setting), not a default.
         proxy_headers=False,
         server_header=False,
-        log_config=logging_config(settings.log_level),
         log_level=settings.log_level,
         # Also how long a connection may stay silent before its first request.
         timeout_keep_alive=settings.keep_alive_timeout,

@@ -261,3 +261,15 @@ async def test_the_exchanges_reach_the_upstream_and_the_upload_arrives_whole(
         cut = await plain("POST", "/openai/v1/cut", b"{}")(both[mode])
         assert cut.status == 200 and not cut.complete and b"tok1" in cut.body
     assert upstream.received.count(b"a" * 10 + b"b" * 20) == 2
+
+
+async def test_a_cut_stream_is_logged_as_sluice_warns_not_as_a_server_error(
+    both: dict[str, SluiceProcess],
+) -> None:
+    for mode in ("fast", "stock"):
+        cut = await plain("POST", "/openai/v1/cut", b"{}")(both[mode])
+        assert not cut.complete
+    for mode in ("fast", "stock"):
+        log = both[mode].log()
+        assert "aborting the client response" in log  # Sluice's own warning, with the reason
+        assert "ERROR" not in log, f"{mode}: {log}"  # uvicorn's "without completing response" is DEBUG

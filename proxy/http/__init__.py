@@ -66,17 +66,20 @@ def new_client(mode: HttpMode, connect_timeout: float) -> Client:
     return ConnectionPool(connect_timeout)
 
 
-def server_options(mode: HttpMode) -> dict[str, Any]:
-    """The ``uvicorn.Config`` arguments that choose the server protocol and event loop.
+def server_options(mode: HttpMode, log_config: dict[str, Any]) -> dict[str, Any]:
+    """The ``uvicorn.Config`` arguments that choose the server protocol, event loop and logging.
 
     The loop follows the build, not the mode: compiled coroutines need
     Sluice's loop (``eventloop.py``), interpreted code runs on uvloop as is.
+    ``log_config`` is the logging set-up to run with, adjusted for the mode.
     """
     from .eventloop import UVICORN_LOOP
 
     loop = UVICORN_LOOP if native.COMPILED else "uvloop"
     if mode == "stock":
-        return {"http": "httptools", "loop": loop}
+        from . import stock
+
+        return {"http": "httptools", "loop": loop, "log_config": stock.log_config(log_config)}
     from .h1server import H1Protocol
 
-    return {"http": H1Protocol, "loop": loop}
+    return {"http": H1Protocol, "loop": loop, "log_config": log_config}
