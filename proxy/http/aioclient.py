@@ -47,7 +47,7 @@ from aiohttp.tracing import Trace
 from yarl import URL
 
 from .interface import Body, ConnectFailed, Headers, Origin, ResponseBroken, UpstreamError, header_value
-from .wire import line_breaks
+from .wire import body_framed, framing, line_breaks
 
 IDLE_TIMEOUT = 15.0  # seconds an unused keep-alive connection is kept (as the fast client)
 DNS_TTL = 300  # seconds an origin's addresses are reused (as the fast client)
@@ -57,7 +57,6 @@ READ_BUFSIZE = 64 * 1024  # aiohttp pauses the socket past twice this many unrea
 
 # Headers aiohttp would add on its own.
 _NO_AUTO_HEADERS: Final = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-_BODYLESS_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
 
 class _Unretried(Exception):
@@ -147,27 +146,6 @@ class _Connector(aiohttp.TCPConnector):
             connection.close()
 
 
-def _framing(method: str, body: Body, length: int | None) -> tuple[str, str] | None:
-    """The framing header, decided as :func:`.h1client._framing` decides it."""
-    if isinstance(body, bytes) or body is None:
-        if body or method not in _BODYLESS_METHODS:
-            return ("content-length", str(len(body or b"")))
-        return None
-    if length is not None:
-        return ("content-length", str(length))
-    return ("transfer-encoding", "chunked")
-
-
-def _framed(headers: Headers) -> bool:
-    """Whether the body's length is known from the headers (else it runs to the close)."""
-    for name, value in headers:
-        if name == b"content-length":
-            return True
-        if name == b"transfer-encoding" and value.lower().find(b"chunked") != -1:
-            return True
-    return False
-
-
 def _text(value: bytes, what: str) -> str:
     try:
         return value.decode("utf-8")
@@ -215,7 +193,7 @@ class AiohttpResponse:
             and connection.protocol is not None
             and not head_request
             and self.status not in (204, 304)
-            and not _framed(self.headers)
+            and not body_framed(self.headers)
         ):
             closed = connection.protocol.closed
             if closed is not None:
@@ -352,11 +330,7 @@ class AiohttpClient:
         body: Body = None,
         length: int | None = None,
     ) -> AiohttpResponse:
-        """Send one request and return its response once the headers are in.
-
-        ``headers`` must not carry ``Host`` or framing headers: they are
-        written here. A streamed ``body`` is sent with ``length`` as its
-        ``Content-Length``, or chunked when the length is unknown.
+        """:meth:`.interface.Client.request`, with the fast client's retry of a stale connection.
 
         A kept-alive connection the upstream closed just as it was reused
         fails before a byte of response; then the request (if its body is
@@ -378,16 +352,17 @@ class AiohttpClient:
             raise ValueError("the request target cannot go through aiohttp as given")
         wire: list[tuple[str, str]] = [("host", origin.host_header.decode("ascii"))]
         wire += [(_text(name, "a header name"), _text(value, "a header value")) for name, value in headers]
-        framing = _framing(method, body, length)
-        if framing is not None:
-            wire.append(framing)
+        frame = framing(method, body, length)
+        header = None if frame is None else (frame[0].decode("ascii"), frame[1].decode("ascii"))
+        if header is not None:
+            wire.append(header)
         tls = self.ssl_context if origin.scheme == "https" else True
         exchange = (_Exchange(wire),)
         # aiohttp chunks a streamed body unless it is given a Content-Length
         # first; every other header it is given is replaced by the middleware.
         first = (
-            [framing]
-            if framing is not None and isinstance(body, AsyncIterator) and length is not None
+            [header]
+            if header is not None and isinstance(body, AsyncIterator) and length is not None
             else None
         )
 

@@ -32,19 +32,17 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final, cast
+from typing import cast
 
 import httptools
 
-from .interface import ConnectFailed, Headers, Origin, ResponseBroken, header_value
-from .wire import line_breaks
+from .interface import Body, ConnectFailed, Headers, Origin, ResponseBroken, header_value
+from .wire import body_framed, framing, line_breaks
 
 HIGH_WATER = 64 * 1024  # buffered body bytes that pause the upstream socket
 IDLE_TIMEOUT = 15.0  # seconds an unused keep-alive connection is kept (aiohttp's default too)
 DNS_TTL = 300.0  # seconds an origin's addresses are reused (aiohttp's default too)
 MAX_HEADER_BYTES = 64 * 1024  # provider responses carry long rate-limit and trace headers
-
-_BODYLESS_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -256,7 +254,9 @@ class _Connection(asyncio.Protocol):
         self.status = status
         response = Response(self, status, self.headers)
         self.response = response
-        self.until_close = status not in (204, 304) and not self.head_request and not _framed(self.headers)
+        self.until_close = (
+            status not in (204, 304) and not self.head_request and not body_framed(self.headers)
+        )
         waiter, self.headers_waiter = self.headers_waiter, None
         if waiter is not None and not waiter.done():
             waiter.set_result(response)
@@ -330,16 +330,6 @@ class _Connection(asyncio.Protocol):
             response._fail(error)
 
 
-def _framed(headers: Headers) -> bool:
-    """Whether the body's length is known from the headers (else it runs to the close)."""
-    for name, value in headers:
-        if name == b"content-length":
-            return True
-        if name == b"transfer-encoding" and value.lower().find(b"chunked") != -1:
-            return True
-    return False
-
-
 def _check(head: bytes, lines: int) -> None:
     """Refuse a request head with a line break or control character inside a line.
 
@@ -349,16 +339,6 @@ def _check(head: bytes, lines: int) -> None:
     """
     if line_breaks(head) != 2 * lines:
         raise ValueError("line break or control character in an upstream request line or header")
-
-
-def _framing(method: str, body: bytes | AsyncIterator[bytes] | None, length: int | None) -> bytes | None:
-    if isinstance(body, bytes) or body is None:
-        if body or method not in _BODYLESS_METHODS:
-            return b"content-length: %d\r\n" % len(body or b"")
-        return None
-    if length is not None:
-        return b"content-length: %d\r\n" % length
-    return b"transfer-encoding: chunked\r\n"
 
 
 Address = tuple[str, int]
@@ -512,14 +492,10 @@ class ConnectionPool:
         method: str,
         target: bytes,
         headers: Headers,
-        body: bytes | AsyncIterator[bytes] | None = None,
+        body: Body = None,
         length: int | None = None,
     ) -> Response:
-        """Send one request and return its response once the headers are in.
-
-        ``headers`` must not carry ``Host`` or framing headers: they are
-        written here. A streamed ``body`` is sent with ``length`` as its
-        ``Content-Length``, or chunked when the length is unknown.
+        """:meth:`.interface.Client.request`.
 
         A kept-alive connection the upstream closed just as it was reused
         fails before a byte of response; then the request (if its body is
@@ -528,13 +504,13 @@ class ConnectionPool:
         head = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nhost: ", origin.host_header, b"\r\n"]
         for name, value in headers:
             head += (name, b": ", value, b"\r\n")
-        framing = _framing(method, body, length)
-        if framing is not None:
-            head.append(framing)
+        frame = framing(method, body, length)
+        if frame is not None:
+            head += (frame[0], b": ", frame[1], b"\r\n")
         head.append(b"\r\n")
         wire = b"".join(head)
         # The request line, Host, each header, the framing line, the blank line.
-        _check(wire, len(headers) + 3 + (framing is not None))
+        _check(wire, len(headers) + 3 + (frame is not None))
         stale: ResponseBroken | None = None
         while True:
             try:

@@ -34,16 +34,6 @@ from . import auth
 from . import formats as fmt
 from .formats import mock_tokens
 
-__all__ = [
-    "MockHandle",
-    "MockRecord",
-    "MockState",
-    "build_mock_app",
-    "mock_tokens",
-    "serve_mock",
-    "start_mock_in_thread",
-]
-
 _SENT_CAP = 8 * 1024 * 1024
 _PARSE_CAP = 4 * 1024 * 1024  # keep at most this much body for JSON parsing
 _READ_CHUNK = 64 * 1024
