@@ -100,7 +100,8 @@ system-deps:
 # without a compiler: about a minute.
 PURE_TESTS := tests/test_headers.py tests/test_routing.py tests/test_usage.py tests/test_sse.py \
 	tests/test_keys.py tests/test_forwarded.py tests/test_http_native.py tests/test_http_h1server.py \
-	tests/test_http_h1client.py tests/test_pump.py tests/test_accesslog_line.py tests/test_limits.py \
+	tests/test_http_h1client.py tests/test_http_client.py tests/test_http_wire.py tests/test_pump.py \
+	tests/test_accesslog_line.py tests/test_limits.py \
 	tests/test_limits_window.py tests/test_gatekeeping.py tests/test_http_eventloop.py tests/test_failover.py \
 	tests/test_jsonread.py tests/test_metrics.py tests/test_auth.py
 unit: $(VENV)/.test-installed system-deps $(NATIVE)
