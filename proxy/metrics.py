@@ -3,7 +3,7 @@
 A few dozen lines instead of ``prometheus_client``: one event loop per
 process means no locks, and recording a request is a handful of dict updates.
 Values are per process; with several workers each one answers ``/metrics``
-for itself (see README, "Metrics").
+for itself (README, "Metrics and health").
 
 Label values are provider names, outcomes, status codes and client *key
 names*: never a secret, and bounded by configuration, not by traffic.

@@ -2,8 +2,10 @@
 
 Built-in layers are named; your own are given as ``"module:Class"`` and
 constructed as ``Class(app, **options)`` with the options from the config
-file (see README, "Writing your own middleware"). The chain always sits inside
-:class:`~proxy.gate.Gate`, which creates the request context the layers share.
+file (README, "The middleware chain, and writing your own";
+docs/architecture.md, "Adding a middleware layer"). The chain always sits
+inside :class:`~proxy.gate.Gate`, which creates the request context the
+layers share.
 """
 
 from __future__ import annotations
