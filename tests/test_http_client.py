@@ -1,36 +1,30 @@
 """The upstream client contract (``proxy/http/interface.py``), held against both transports.
 
 Every test runs through the fast client (:class:`ConnectionPool`) and through
-the stock one (:class:`AiohttpClient`), against a real loopback
-upstream scripted byte by byte: it records the raw bytes of each request per
-connection, answers with exactly the bytes a test gives, and can pause, cut
-(FIN) or reset a connection. Nothing of either client is mocked. Where the two
-clients differ on purpose, the test says so and asserts each one's behaviour.
+the stock one (:class:`AiohttpClient`), against the real loopback upstream of
+``tests/scripted_upstream.py``, scripted byte by byte: it records the raw
+bytes of each request per connection, answers with exactly the bytes a test
+gives, and can pause, cut (FIN) or reset a connection. Nothing of either
+client is mocked. Where the two clients differ on purpose, the test says so
+and asserts each one's behaviour. What only the fast client has (its flow
+control's numbers, its address list and DNS cache, its idle sweeper) is in
+``tests/test_http_h1client.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import datetime
 import gzip
 import hashlib
-import ipaddress
 import random
 import socket
 import ssl
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import cast
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from proxy.http import (
     Client,
@@ -44,16 +38,26 @@ from proxy.http import (
 )
 from proxy.http.aioclient import AiohttpClient
 from proxy.http.h1client import ConnectionPool
+from tests.scripted_upstream import (
+    KINDS,
+    Certificates,
+    Peer,
+    Upstream,
+    answer_each,
+    answer_first_with,
+    eventually,
+    hanging_listener,
+    make_certificates,
+    make_client,
+    ok,
+    on_the_first_connection,
+    read_all,
+    read_until_broken,
+    serve,
+    server_context,
+)
 
 pytestmark = pytest.mark.timeout(10)
-
-KINDS = ("fast", "stock")
-
-
-def make_client(kind: str, connect_timeout: float = 5.0, idle_timeout: float = 15.0) -> Client:
-    if kind == "fast":
-        return ConnectionPool(connect_timeout, idle_timeout=idle_timeout)
-    return AiohttpClient(connect_timeout, idle_timeout=idle_timeout)
 
 
 def trust(client: Client, ca: bytes) -> None:
@@ -66,212 +70,13 @@ def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-# A scripted loopback upstream.
-
-
-@dataclass
-class Request:
-    head: bytes  # request line and headers, through the blank line
-    body: bytes  # de-chunked
-    raw: bytes  # exactly the bytes received for this request
-
-    @property
-    def target(self) -> bytes:
-        return self.head.split(b" ", 2)[1]
-
-    def header(self, name: bytes) -> bytes | None:
-        for line in self.head.split(b"\r\n")[1:]:
-            key, _, value = line.partition(b":")
-            if key.strip().lower() == name:
-                return value.strip()
-        return None
-
-
-class Peer:
-    """The upstream's side of one connection."""
-
-    def __init__(self, index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.index = index
-        self.reader = reader
-        self.writer = writer
-        self.requests: list[Request] = []
-        self.got_request = asyncio.Event()
-
-    async def request(self) -> Request | None:
-        """The next request, or None if the client closed the connection first."""
-        head = await self.read_head()
-        return None if head is None else await self.read_body(head)
-
-    async def read_head(self) -> bytes | None:
-        try:
-            return await self.reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial:
-                raise
-            return None
-        except ConnectionError:
-            return None
-
-    async def read_body(self, head: bytes) -> Request:
-        reader = self.reader
-        raw, body = [head], []
-        request = Request(head, b"", b"")
-        length = request.header(b"content-length")
-        if length is not None:
-            raw.append(await reader.readexactly(int(length)))
-            body = raw[1:]
-        elif (request.header(b"transfer-encoding") or b"").lower() == b"chunked":
-            while True:
-                size_line = await reader.readuntil(b"\r\n")
-                size = int(size_line.split(b";")[0], 16)
-                data = await reader.readexactly(size + 2)
-                assert data.endswith(b"\r\n"), data[-20:]
-                raw += (size_line, data)
-                if size == 0:
-                    break
-                body.append(data[:-2])
-        request = Request(head, b"".join(body), b"".join(raw))
-        self.requests.append(request)
-        self.got_request.set()
-        return request
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    def close(self) -> None:
-        """End the connection with a FIN."""
-        self.writer.close()
-
-    def reset(self) -> None:
-        """End the connection with a TCP reset."""
-        sock = self.writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        self.writer.transport.abort()
-
-    async def client_left(self, timeout: float = 3.0) -> bytes:
-        """Wait until the client's side of the connection is gone; what it sent meanwhile.
-
-        A TimeoutError if the client keeps the connection open.
-        """
-        extra = b""
-        async with asyncio.timeout(timeout):
-            while True:
-                try:
-                    data = await self.reader.read(65536)
-                except ConnectionError:
-                    return extra
-                if not data:
-                    return extra
-                extra += data
-
-
-Handler = Callable[[Peer], Awaitable[None]]
-
-
-@dataclass
-class Upstream:
-    origin: Origin
-    client: Client
-    server: asyncio.Server
-    peers: list[Peer] = field(default_factory=list)
-    errors: list[BaseException] = field(default_factory=list)
-
-    @property
-    def connections(self) -> int:
-        return len(self.peers)
-
-    @property
-    def requests(self) -> list[Request]:
-        return [request for peer in self.peers for request in peer.requests]
-
-    async def peer(self, index: int) -> Peer:
-        await eventually(lambda: len(self.peers) > index)
-        return self.peers[index]
-
-    async def get(self, target: bytes = b"/") -> tuple[Response, bytes]:
-        response = await self.client.request(self.origin, "GET", target, [])
-        return response, await read_all(response)
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 3.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.01)
-
-
-@contextlib.asynccontextmanager
-async def serve(
-    kind: str, handler: Handler, *, tls: ssl.SSLContext | None = None, client: Client | None = None
-) -> AsyncIterator[Upstream]:
-    """A loopback upstream running ``handler`` per connection, and an open client of ``kind``.
-
-    A handler failing fails the test (handlers that expect the client to go
-    catch ConnectionError themselves).
-    """
-    tasks: set[asyncio.Task[None]] = set()
-    upstream: Upstream
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        tasks.add(task)
-        peer = Peer(len(upstream.peers), reader, writer)
-        upstream.peers.append(peer)
-        try:
-            await handler(peer)
-        except asyncio.CancelledError:
-            pass
-        except BaseException as exc:
-            upstream.errors.append(exc)
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=tls)
-    port = server.sockets[0].getsockname()[1]
-    client = client or make_client(kind)
-    await client.open()
-    upstream = Upstream(Origin("https" if tls else "http", "127.0.0.1", port), client, server)
-    try:
-        yield upstream
-    finally:
-        await client.close()
-        server.close()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    if upstream.errors:
-        raise upstream.errors[0]
-
-
-def ok(body: bytes = b"ok", *extra: bytes) -> bytes:
-    head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n" % len(body)
-    return head + b"".join(line + b"\r\n" for line in extra) + b"\r\n" + body
-
-
-async def answer_each(peer: Peer) -> None:
-    """Answer every request on the connection with its own target as the body, kept alive."""
-    while (request := await peer.request()) is not None:
-        await peer.send(ok(request.target))
-
-
-async def read_all(response: Response) -> bytes:
-    data = b""
-    while piece := await response.read():
-        data += piece
-    return data
-
-
-async def read_until_broken(response: Response) -> tuple[bytes, ResponseBroken]:
-    """Read until the body fails; a clean end fails the test."""
-    data = b""
-    while True:
-        try:
-            piece = await response.read()
-        except ResponseBroken as exc:
-            return data, exc
-        assert piece, f"a cut-short body ended cleanly after {len(data)} bytes"
-        data += piece
+async def assert_get_broken(upstream: Upstream, reason: str = "") -> None:
+    """A GET of ``/`` fails with ResponseBroken, ``reason`` in its reason, after the upstream
+    began to answer: not a failure before the response (never safe to send elsewhere)."""
+    with pytest.raises(ResponseBroken) as info:
+        await upstream.client.request(upstream.origin, "GET", b"/", [])
+    assert not info.value.before_response
+    assert reason in info.value.reason
 
 
 # 0. The factory and the client's life.
@@ -285,6 +90,15 @@ async def test_new_client_builds_each_transport_and_open_close_tell_is_open(kind
     assert client.is_open
     await client.close()
     assert not client.is_open
+
+
+def test_the_host_header_leaves_out_the_default_port_and_brackets_ipv6() -> None:
+    """Both clients write ``Origin.host_header`` as the Host; the stock one connects to ``Origin.url``."""
+    assert Origin("http", "127.0.0.1", 80).host_header == b"127.0.0.1"
+    assert Origin("https", "api.example.com", 443).host_header == b"api.example.com"
+    assert Origin("http", "api.example.com", 443).host_header == b"api.example.com:443"
+    assert Origin("https", "::1", 8443).host_header == b"[::1]:8443"
+    assert Origin("https", "::1", 443).url == "https://[::1]"
 
 
 # 1. The request on the wire: byte-identical through both clients.
@@ -424,12 +238,27 @@ async def test_a_redirect_is_returned_not_followed(kind: str) -> None:
         assert [r.target for r in upstream.requests] == [b"/here"]
 
 
+async def test_a_large_bytes_body_arrives_intact(kind: str) -> None:
+    payload = random.Random(7).randbytes(5 * 1024 * 1024)
+
+    async with serve(kind, answer_each) as upstream:
+        response = await upstream.client.request(upstream.origin, "POST", b"/big", [], payload)
+        assert await read_all(response) == b"/big"
+        [request] = upstream.requests
+    assert request.header(b"content-length") == b"%d" % len(payload)
+    assert hashlib.sha256(request.body).digest() == hashlib.sha256(payload).digest()
+
+
 @pytest.mark.parametrize(
     ("target", "headers"),
     [
         pytest.param(b"/v1/x HTTP/1.1\r\nx-injected: 1\r\n\r\nGET /", [], id="crlf-in-target"),
+        pytest.param(b"/v1/x\n", [], id="lf-in-target"),
         pytest.param(b"/", [(b"x-key", b"k\r\nx-injected: 1")], id="crlf-in-value"),
+        pytest.param(b"/", [(b"x-key", b"k\r")], id="cr-in-value"),
+        pytest.param(b"/", [(b"x-key", b"k\nx-injected: 1")], id="lf-in-value"),
         pytest.param(b"/", [(b"x-key", b"k\x00")], id="nul-in-value"),
+        pytest.param(b"/", [(b"x-key\r\nx-injected", b"1")], id="crlf-in-name"),
         pytest.param(b"/", [(b"x-key\nx-injected", b"1")], id="lf-in-name"),
     ],
 )
@@ -463,16 +292,12 @@ async def test_a_header_value_that_is_not_utf8_goes_as_is_only_through_the_fast_
 
 
 async def test_status_and_headers_as_sent_names_lowercased_in_order(kind: str) -> None:
-    async def handler(peer: Peer) -> None:
-        await peer.request()
-        await peer.send(
-            b"HTTP/1.1 429 Too Many Requests\r\nX-RateLimit-Remaining: 0\r\nSet-Cookie: a=1\r\n"
-            b"Set-Cookie: b=2\r\nX-Empty:\r\nX-Spaced:  a  b \t \r\nX-Obs: caf\xe9\r\n"
-            b"Content-Length: 4\r\n\r\nslow"
-        )
-        await peer.request()
-
-    async with serve(kind, handler) as upstream:
+    answer = (
+        b"HTTP/1.1 429 Too Many Requests\r\nX-RateLimit-Remaining: 0\r\nSet-Cookie: a=1\r\n"
+        b"Set-Cookie: b=2\r\nX-Empty:\r\nX-Spaced:  a  b \t \r\nX-Obs: caf\xe9\r\n"
+        b"Content-Length: 4\r\n\r\nslow"
+    )
+    async with serve(kind, answer_first_with(answer)) as upstream:
         response, body = await upstream.get()
     assert response.status == 429
     assert response.headers == [
@@ -529,16 +354,11 @@ async def test_compressed_bytes_come_back_untouched(kind: str) -> None:
     text = b'{"choices": [{"text": "' + b"compressible " * 200 + b'"}]}'
     packed = gzip.compress(text)
 
-    async def handler(peer: Peer) -> None:
-        request = await peer.request()
-        assert request is not None
-        await peer.send(
-            b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n"
-            b"%x\r\n%s\r\n0\r\n\r\n" % (len(packed), packed)
-        )
-        await peer.request()
-
-    async with serve(kind, handler) as upstream:
+    answer = (
+        b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"%x\r\n%s\r\n0\r\n\r\n" % (len(packed), packed)
+    )
+    async with serve(kind, answer_first_with(answer)) as upstream:
         response, body = await upstream.get()
         assert response.header(b"content-encoding") == b"gzip"
         assert body == packed
@@ -575,6 +395,7 @@ async def test_interim_responses_are_skipped(kind: str, split: bool) -> None:
 async def test_a_head_response_ends_at_its_headers(kind: str) -> None:
     """HEAD: no body whatever Content-Length says. The fast client then drops the connection
     (its parser cannot be told the response was to HEAD); aiohttp's keeps it."""
+    left: list[int] = []
 
     async def handler(peer: Peer) -> None:
         while (request := await peer.request()) is not None:
@@ -582,6 +403,7 @@ async def test_a_head_response_ends_at_its_headers(kind: str) -> None:
                 await peer.send(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\ncontent-type: a/b\r\n\r\n")
             else:
                 await peer.send(ok(request.target))
+        left.append(peer.index)
 
     async with serve(kind, handler) as upstream:
         async with asyncio.timeout(3):
@@ -589,20 +411,19 @@ async def test_a_head_response_ends_at_its_headers(kind: str) -> None:
             assert response.header(b"content-length") == b"1000"
             assert await response.read() == b""
         assert response.complete
+        if kind == "fast":
+            await eventually(lambda: left == [0])  # dropped as the response ended, before any close()
         response.close()
         _, body = await upstream.get(b"/after")
         assert body == b"/after"
         assert upstream.connections == (2 if kind == "fast" else 1)
+        assert left == ([0] if kind == "fast" else [])
 
 
 @pytest.mark.parametrize("status", [204, 304])
 async def test_bodyless_statuses_end_at_the_headers_and_keep_the_connection(kind: str, status: int) -> None:
-    async def handler(peer: Peer) -> None:
-        await peer.request()
-        await peer.send(b"HTTP/1.1 %d Nothing\r\netag: x\r\n\r\n" % status)
-        await answer_each(peer)
-
-    async with serve(kind, handler) as upstream:
+    answer = b"HTTP/1.1 %d Nothing\r\netag: x\r\n\r\n" % status
+    async with serve(kind, answer_first_with(answer)) as upstream:
         response, body = await upstream.get()
         assert (response.status, body, response.complete) == (status, b"", True)
         _, second = await upstream.get(b"/next")
@@ -615,12 +436,7 @@ async def test_long_response_headers_are_accepted(kind: str) -> None:
     long_one = b"v" * (32 * 1024)
     many = [b"x-trace-%03d: %s" % (i, b"t" * 500) for i in range(56)]  # 28 KiB more
 
-    async def handler(peer: Peer) -> None:
-        await peer.request()
-        await peer.send(ok(b"ok", b"x-long: " + long_one, *many))
-        await peer.request()
-
-    async with serve(kind, handler) as upstream:
+    async with serve(kind, answer_first_with(ok(b"ok", b"x-long: " + long_one, *many))) as upstream:
         response, body = await upstream.get()
     assert response.header(b"x-long") == long_one
     assert len(response.headers) == 58
@@ -639,9 +455,7 @@ async def test_a_header_past_the_limit_is_broken(kind: str) -> None:
         left.set()
 
     async with serve(kind, handler) as upstream:
-        with pytest.raises(ResponseBroken) as info:
-            await upstream.client.request(upstream.origin, "GET", b"/", [])
-        assert not info.value.before_response
+        await assert_get_broken(upstream)
         async with asyncio.timeout(3):
             await left.wait()
 
@@ -654,6 +468,7 @@ async def test_a_header_past_the_limit_is_broken(kind: str) -> None:
         pytest.param(
             b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc", id="two-lengths"
         ),
+        pytest.param(b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n", id="header-without-colon"),
     ],
 )
 async def test_a_malformed_response_is_broken(kind: str, answer: bytes) -> None:
@@ -663,24 +478,68 @@ async def test_a_malformed_response_is_broken(kind: str, answer: bytes) -> None:
         await peer.client_left()
 
     async with serve(kind, handler) as upstream:
-        with pytest.raises(ResponseBroken) as info:
-            await upstream.client.request(upstream.origin, "GET", b"/", [])
-        assert not info.value.before_response
-        assert "malformed" in info.value.reason
+        await assert_get_broken(upstream, "malformed")
+
+
+@pytest.mark.parametrize(
+    ("kind", "split"),
+    [
+        pytest.param("fast", False, id="fast-one-packet"),
+        pytest.param("fast", True, id="fast-two-packets"),
+        pytest.param("stock", False, id="stock-one-packet"),
+        pytest.param(
+            "stock",
+            True,
+            id="stock-two-packets",
+            marks=pytest.mark.xfail(
+                raises=TimeoutError,
+                strict=True,
+                reason="aiohttp drops the connection but never wakes the body's reader: read() waits "
+                "for its deadline instead of raising ResponseBroken",
+            ),
+        ),
+    ],
+)
+async def test_a_malformed_chunk_in_the_body_is_broken(kind: str, split: bool) -> None:
+    """What came before the bad chunk is read first. Except through aiohttp when it all comes in one
+    packet: its parser takes the packet whole and fails before it hands out the headers."""
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+    good, bad = b"3\r\nabc\r\n", b"zz\r\nwhat\r\n"
+    first_read = asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        if split:
+            await peer.send(head + good)
+            await first_read.wait()
+            await peer.send(bad)
+        else:
+            await peer.send(head + good + bad)
+        await peer.client_left()
+
+    async with serve(kind, handler) as upstream:
+        if kind == "stock" and not split:
+            await assert_get_broken(upstream, "malformed")
+            return
+        response = await upstream.client.request(upstream.origin, "GET", b"/", [])
+        assert await response.read() == b"abc"
+        first_read.set()
+        async with asyncio.timeout(1):
+            data, error = await read_until_broken(response)
+        assert data == b""
+        assert not error.before_response
+        assert "malformed" in error.reason
+        assert not response.complete
 
 
 async def test_trailer_fields_are_not_response_headers(kind: str) -> None:
     """Trailers come after the body; the headers were handed over long before (RFC 9110, 6.5)."""
 
-    async def handler(peer: Peer) -> None:
-        await peer.request()
-        await peer.send(
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n"
-            b"2;ext=1\r\nab\r\n0\r\nx-checksum: 1234\r\n\r\n"
-        )
-        await answer_each(peer)
-
-    async with serve(kind, handler) as upstream:
+    answer = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-checksum\r\n\r\n"
+        b"2;ext=1\r\nab\r\n0\r\nx-checksum: 1234\r\n\r\n"
+    )
+    async with serve(kind, answer_first_with(answer)) as upstream:
         response, body = await upstream.get()
         assert (body, response.complete) == (b"ab", True)
         assert response.headers == [(b"transfer-encoding", b"chunked"), (b"trailer", b"x-checksum")]
@@ -692,10 +551,8 @@ async def test_trailer_fields_are_not_response_headers(kind: str) -> None:
 async def test_an_upgrade_nobody_asked_for_is_malformed(kind: str) -> None:
     """A 101 answers only a request that asked to switch protocols, which Sluice never sends."""
 
+    @on_the_first_connection
     async def handler(peer: Peer) -> None:
-        if peer.index:
-            await answer_each(peer)
-            return
         await peer.request()
         await peer.send(
             b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\nab"
@@ -703,10 +560,7 @@ async def test_an_upgrade_nobody_asked_for_is_malformed(kind: str) -> None:
         await peer.client_left()
 
     async with serve(kind, handler) as upstream:
-        with pytest.raises(ResponseBroken) as info:
-            await upstream.client.request(upstream.origin, "GET", b"/", [])
-        assert not info.value.before_response
-        assert "malformed" in info.value.reason
+        await assert_get_broken(upstream, "malformed")
         _, again = await upstream.get(b"/again")
         assert again == b"/again"
         assert upstream.connections == 2
@@ -728,12 +582,7 @@ async def test_obsolete_line_syntax_is_refused_only_by_the_fast_client(
 ) -> None:
     """llhttp (fast) is strict; aiohttp parses responses leniently and cannot be told otherwise."""
 
-    async def handler(peer: Peer) -> None:
-        await peer.request()
-        await peer.send(answer)
-        await answer_each(peer)
-
-    async with serve(kind, handler) as upstream:
+    async with serve(kind, answer_first_with(answer)) as upstream:
         if kind == "fast":
             with pytest.raises(ResponseBroken, match="malformed"):
                 await upstream.get()
@@ -778,6 +627,20 @@ async def test_a_read_deadline_raises_timeout_and_the_response_stays_usable(kind
 # 4. Bodies cut short, and bodies that end at the close.
 
 
+async def _read_a_cut_body(upstream: Upstream, cut: asyncio.Event, reader: str) -> tuple[Response, bytes]:
+    """GET ``/`` and read until the body breaks, waiting first for the upstream to ``cut`` it
+    if the ``reader`` comes ``late``; the response and what it read."""
+    response = await upstream.client.request(upstream.origin, "GET", b"/", [])
+    if reader == "late":
+        await cut.wait()
+        await asyncio.sleep(0.02)
+        assert not response.complete
+    data, error = await read_until_broken(response)
+    assert not error.before_response
+    assert not response.complete
+    return response, data
+
+
 @pytest.mark.parametrize(
     ("answer", "received"),
     [
@@ -794,6 +657,11 @@ async def test_a_read_deadline_raises_timeout_and_the_response_stays_usable(kind
             b"hello wor",
             id="chunked-cut-in-a-chunk",
         ),
+        pytest.param(
+            b"HTTP/1.0 200 OK\r\ncontent-length: 100\r\n\r\n" + b"z" * 10,
+            b"z" * 10,
+            id="http-1.0-short-length",
+        ),
     ],
 )
 @pytest.mark.parametrize("how", ["fin", "reset"])
@@ -805,10 +673,8 @@ async def test_a_body_cut_short_raises_and_never_ends_cleanly(
     after the cut (aiohttp's own reader would raise first and lose the buffered bytes)."""
     cut = asyncio.Event()
 
+    @on_the_first_connection
     async def handler(peer: Peer) -> None:
-        if peer.index:
-            await answer_each(peer)
-            return
         await peer.request()
         await peer.send(answer)
         await asyncio.sleep(0.02)
@@ -816,14 +682,8 @@ async def test_a_body_cut_short_raises_and_never_ends_cleanly(
         cut.set()
 
     async with serve(kind, handler) as upstream:
-        response = await upstream.client.request(upstream.origin, "GET", b"/", [])
-        if reader == "late":
-            await cut.wait()
-            await asyncio.sleep(0.02)
-        data, error = await read_until_broken(response)
+        response, data = await _read_a_cut_body(upstream, cut, reader)
         assert data == received
-        assert not error.before_response
-        assert not response.complete
         with pytest.raises(ResponseBroken):
             await response.read()  # and it stays broken
         response.close()
@@ -834,6 +694,7 @@ async def test_a_body_cut_short_raises_and_never_ends_cleanly(
 
 @pytest.mark.parametrize("version", [b"1.1", b"1.0"])
 async def test_a_body_delimited_by_the_close_ends_cleanly_at_a_fin(kind: str, version: bytes) -> None:
+    @on_the_first_connection
     async def handler(peer: Peer) -> None:
         await peer.request()
         await peer.send(b"HTTP/%s 200 OK\r\ncontent-type: text/plain\r\n\r\nfirst " % version)
@@ -845,6 +706,10 @@ async def test_a_body_delimited_by_the_close_ends_cleanly_at_a_fin(kind: str, ve
         response, body = await upstream.get()
         assert body == b"first second"
         assert response.complete
+        # That connection is not kept: a streamed body, never sent twice, goes on a fresh one.
+        after = await upstream.client.request(upstream.origin, "POST", b"/after", [], _body(b"once"))
+        assert await read_all(after) == b"/after"
+        assert upstream.connections == 2
 
 
 @pytest.mark.parametrize("reader", ["waiting", "late"])
@@ -860,15 +725,8 @@ async def test_a_body_delimited_by_the_close_ended_by_a_reset_is_broken(kind: st
         cut.set()
 
     async with serve(kind, handler) as upstream:
-        response = await upstream.client.request(upstream.origin, "GET", b"/", [])
-        if reader == "late":
-            await cut.wait()
-            await asyncio.sleep(0.02)
-            assert not response.complete
-        data, error = await read_until_broken(response)
+        _, data = await _read_a_cut_body(upstream, cut, reader)
         assert data == b"partial"
-        assert not error.before_response
-        assert not response.complete
 
 
 # 5. Connecting.
@@ -887,28 +745,6 @@ async def test_a_refused_connection_is_connect_failed(kind: str) -> None:
         await client.close()
     assert isinstance(info.value.cause, ConnectionRefusedError)
     assert not info.value.timed_out
-
-
-@contextlib.contextmanager
-def hanging_listener(host: str) -> Iterator[tuple[str, int]]:
-    """A listener whose accept queue is full: Linux drops further SYNs, so connects to it hang."""
-    listener = socket.socket()
-    fillers: list[socket.socket] = []
-    try:
-        listener.bind((host, 0))
-        listener.listen(0)  # never accepted
-        address = listener.getsockname()
-        for _ in range(2):
-            filler = socket.socket()
-            filler.setblocking(False)
-            filler.connect_ex(address)
-            fillers.append(filler)
-        time.sleep(0.05)  # the first filler is in the accept queue; the queue is full
-        yield address
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
 
 
 async def test_a_name_that_does_not_resolve_is_connect_failed(kind: str) -> None:
@@ -997,16 +833,14 @@ async def test_a_connection_the_upstream_does_not_keep_alive_is_closed_by_the_cl
         _, second = await upstream.get()
         assert (first, second) == (b"ok", b"ok")
         assert upstream.connections == 2
-        await eventually(lambda: bool(left))
+        await eventually(lambda: len(left) == 2)  # the second one too, its response never closed
 
 
 async def test_closing_an_unfinished_response_drops_its_connection(kind: str) -> None:
     left = asyncio.Event()
 
+    @on_the_first_connection
     async def handler(peer: Peer) -> None:
-        if peer.index:
-            await answer_each(peer)
-            return
         await peer.request()
         await peer.send(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n" + b"x" * 10)
         await peer.client_left()
@@ -1042,6 +876,9 @@ async def test_an_idle_connection_is_closed_after_the_idle_timeout(kind: str) ->
 
 
 async def test_a_connection_the_upstream_closed_while_idle_is_not_used_again(kind: str) -> None:
+    """The client sees the close while the connection idles: a streamed body, which is never sent
+    twice, would fail on that connection rather than go again on a fresh one."""
+
     async def handler(peer: Peer) -> None:
         request = await peer.request()
         assert request is not None
@@ -1052,8 +889,8 @@ async def test_a_connection_the_upstream_closed_while_idle_is_not_used_again(kin
     async with serve(kind, handler) as upstream:
         _, first = await upstream.get(b"/1")
         await asyncio.sleep(0.05)
-        _, second = await upstream.get(b"/2")
-        assert (first, second) == (b"/1", b"/2")
+        second = await upstream.client.request(upstream.origin, "POST", b"/2", [], _body(b"once"))
+        assert (first, await read_all(second)) == (b"/1", b"/2")
         assert [[r.target for r in peer.requests] for peer in upstream.peers] == [[b"/1"], [b"/2"]]
 
 
@@ -1090,7 +927,10 @@ async def test_a_response_nobody_asked_for_never_answers_a_later_request(
         await asyncio.sleep(0.1)
         async with asyncio.timeout(3):
             results = await asyncio.gather(upstream.get(b"/a"), upstream.get(b"/b"))
-        assert [(r.status, body) for r, body in results] == [(200, b"/a"), (200, b"/b")]
+        assert [(r.status, r.headers, body) for r, body in results] == [
+            (200, [(b"content-length", b"2")], b"/a"),
+            (200, [(b"content-length", b"2")], b"/b"),
+        ]
         if kind == "stock" and stray.endswith(b": "):
             # aiohttp cannot be asked about a head cut short: it reuses the connection,
             # dropping the stray bytes with the parser it replaces.
@@ -1102,12 +942,9 @@ async def test_a_response_nobody_asked_for_never_answers_a_later_request(
 # 7. Stale keep-alive connections: retried once, only when it cannot send a request twice.
 
 
+@on_the_first_connection
 async def _stale_second(peer: Peer) -> None:
-    """Peer 0 answers one request, takes in the second and closes (it had decided to);
-    later peers answer everything."""
-    if peer.index:
-        await answer_each(peer)
-        return
+    """The first connection answers one request, takes in the second and closes (it had decided to)."""
     first = await peer.request()
     assert first is not None
     await peer.send(ok(first.target))
@@ -1217,9 +1054,7 @@ async def test_a_connection_closed_after_part_of_the_head_is_broken_but_not_befo
         peer.close()
 
     async with serve(kind, handler) as upstream:
-        with pytest.raises(ResponseBroken) as info:
-            await upstream.client.request(upstream.origin, "GET", b"/", [])
-        assert not info.value.before_response  # the upstream did answer: not safe to retry elsewhere
+        await assert_get_broken(upstream)  # the upstream did answer: not safe to retry elsewhere
         assert len(upstream.requests) == 1
 
 
@@ -1407,6 +1242,15 @@ async def test_an_answer_that_starts_before_the_upload_ends(kind: str) -> None:
 # 10. Cancellation: the upstream learns promptly that nobody waits.
 
 
+async def _cancel_and_see_the_connection_dropped(task: asyncio.Task[Any], left: asyncio.Event) -> None:
+    """Cancel ``task``; the upstream's handler sets ``left`` once the client's side is gone."""
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    async with asyncio.timeout(1):
+        await left.wait()
+
+
 async def test_cancelling_a_request_waiting_for_its_response_drops_the_connection(kind: str) -> None:
     left = asyncio.Event()
 
@@ -1420,11 +1264,7 @@ async def test_cancelling_a_request_waiting_for_its_response_drops_the_connectio
         peer = await upstream.peer(0)
         async with asyncio.timeout(3):
             await peer.got_request.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        async with asyncio.timeout(1):
-            await left.wait()
+        await _cancel_and_see_the_connection_dropped(task, left)
 
 
 async def test_cancelling_a_streamed_upload_drops_the_connection(kind: str) -> None:
@@ -1445,11 +1285,7 @@ async def test_cancelling_a_streamed_upload_drops_the_connection(kind: str) -> N
         task = asyncio.create_task(upstream.client.request(upstream.origin, "POST", b"/", [], body()))
         async with asyncio.timeout(3):
             await stuck.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        async with asyncio.timeout(1):
-            await left.wait()
+        await _cancel_and_see_the_connection_dropped(task, left)
 
 
 async def test_a_cancelled_read_then_close_drops_the_connection(kind: str) -> None:
@@ -1473,94 +1309,28 @@ async def test_a_cancelled_read_then_close_drops_the_connection(kind: str) -> No
         response = await upstream.client.request(upstream.origin, "GET", b"/", [])
         task = asyncio.create_task(relay(response))
         await asyncio.sleep(0.05)  # it read "first" and waits for more
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        async with asyncio.timeout(1):
-            await left.wait()
+        await _cancel_and_see_the_connection_dropped(task, left)
 
 
 # 11. TLS.
 
 
-@dataclass
-class Certificates:
-    ca: bytes  # PEM of the test CA
-    chain: Path  # the upstream's certificate, for 127.0.0.1, signed by the CA
-    key: Path
-
-
-def _certificate(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Certificate | None,
-    issuer_key: ec.EllipticCurvePrivateKey,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
-        )
-    )
-    if issuer is None:
-        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        builder = builder.add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )
-    else:
-        builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        )
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
 @pytest.fixture(scope="module")
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    directory = tmp_path_factory.mktemp("tls")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _certificate("Sluice test CA", ca_key, None, ca_key)
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = _certificate("upstream", key, ca, ca_key)
-    chain, key_path = directory / "upstream.pem", directory / "upstream.key"
-    chain.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return Certificates(ca.public_bytes(serialization.Encoding.PEM), chain, key_path)
-
-
-def _server_context(certificates: Certificates) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(certificates.chain, certificates.key)
-    context.set_alpn_protocols(["h2", "http/1.1"])
-    return context
+    return make_certificates(tmp_path_factory.mktemp("tls"))
 
 
 async def test_https_to_a_trusted_upstream_with_keep_alive(kind: str, certificates: Certificates) -> None:
     client = make_client(kind)
     trust(client, certificates.ca)
+    tls = server_context(certificates.chain, certificates.key)
     negotiated: list[str | None] = []
 
     async def handler(peer: Peer) -> None:
         negotiated.append(peer.writer.get_extra_info("ssl_object").selected_alpn_protocol())
         await answer_each(peer)
 
-    async with serve(kind, handler, tls=_server_context(certificates), client=client) as upstream:
+    async with serve(kind, handler, tls=tls, client=client) as upstream:
         response, first = await upstream.get(b"/1")
         post = await client.request(upstream.origin, "POST", b"/2", [], b"x" * 200000)
         assert (response.status, first, await read_all(post)) == (200, b"/1", b"/2")
@@ -1571,10 +1341,21 @@ async def test_https_to_a_trusted_upstream_with_keep_alive(kind: str, certificat
     assert negotiated == ["http/1.1"]  # offered h2, the client asked for HTTP/1.1 only
 
 
-async def test_https_refuses_an_untrusted_certificate(kind: str, certificates: Certificates) -> None:
-    async with serve(kind, answer_each, tls=_server_context(certificates)) as upstream:  # system CAs only
+@pytest.mark.parametrize("certificate", ["untrusted", "for-another-name"])
+async def test_https_refuses_an_untrusted_certificate_or_one_for_another_name(
+    kind: str, certificates: Certificates, certificate: str
+) -> None:
+    client = make_client(kind)  # trusts the system's CAs only ...
+    if certificate == "untrusted":
+        tls = server_context(certificates.chain, certificates.key)
+    else:
+        trust(client, certificates.ca)  # ... and the test CA, which signed this one for another name
+        tls = server_context(certificates.wrong_name_chain, certificates.wrong_name_key)
+    async with serve(kind, answer_each, tls=tls, client=client) as upstream:
         with pytest.raises(ConnectFailed) as info:
-            await upstream.client.request(upstream.origin, "GET", b"/", [])
+            await client.request(upstream.origin, "GET", b"/", [])
         assert isinstance(info.value.cause, ssl.SSLCertVerificationError)
         assert not info.value.timed_out
+        await asyncio.sleep(0.02)
+        assert upstream.connections == 0  # no handshake completed
         assert upstream.requests == []
