@@ -27,7 +27,9 @@ same edges:
 * A body cut short raises :class:`ResponseBroken` after the bytes that did
   arrive (aiohttp's reader raises ahead of its buffered bytes), and a body
   delimited by the close that ends in a reset is broken, not complete
-  (aiohttp ends it cleanly).
+  (aiohttp ends it cleanly). A malformed chunk after the first read breaks
+  the body at once (aiohttp closes the connection but leaves the body's
+  reader waiting).
 * Memory is bounded by aiohttp's reader, which pauses the socket past twice
   ``READ_BUFSIZE`` unread bytes, and by its writer, which waits for the socket.
 """
@@ -65,6 +67,10 @@ class _Unretried(Exception):
     def __init__(self, error: Exception) -> None:
         super().__init__(error.__class__.__name__)
         self.error = error
+
+
+class _Malformed(aiohttp.ClientPayloadError):
+    """The body's connection closed because the parser failed on what came next."""
 
 
 class _Exchange:
@@ -176,7 +182,7 @@ def _consume(future: asyncio.Future[None]) -> None:
 class AiohttpResponse:
     """An aiohttp response seen through :class:`.interface.Response`."""
 
-    __slots__ = ("_closed", "_delivered", "_error", "_response", "headers", "status")
+    __slots__ = ("_closed", "_delivered", "_error", "_protocol", "_response", "_watched", "headers", "status")
 
     def __init__(self, response: aiohttp.ClientResponse, head_request: bool) -> None:
         self._response = response
@@ -187,16 +193,20 @@ class AiohttpResponse:
         # A body delimited by the close: aiohttp ends it cleanly however the
         # connection ended. Its ``closed`` future tells a reset from a FIN.
         self._closed: asyncio.Future[None] | None = None
+        # A framed body whose connection closes before its end: aiohttp sets
+        # no error on the body when its parser failed first (a malformed
+        # chunk), and a reader would wait for its deadline. Told here instead.
+        self._watched: asyncio.Future[None] | None = None
         connection = response.connection
-        if (
-            connection is not None
-            and connection.protocol is not None
-            and not head_request
-            and self.status not in (204, 304)
-            and not body_framed(self.headers)
-        ):
-            closed = connection.protocol.closed
-            if closed is not None:
+        protocol = self._protocol = connection.protocol if connection is not None else None
+        if protocol is not None and not head_request and self.status not in (204, 304):
+            closed = protocol.closed
+            if closed is None:
+                pass
+            elif body_framed(self.headers):
+                closed.add_done_callback(self._closed_early)
+                self._watched = closed
+            else:
                 closed.add_done_callback(_consume)
                 self._closed = closed
 
@@ -222,6 +232,8 @@ class AiohttpResponse:
             else:
                 async with asyncio.timeout_at(deadline):
                     data = await content.readany()
+        except _Malformed as exc:
+            return self._broken(f"malformed response ({_root(exc).__class__.__name__})")
         except aiohttp.ClientPayloadError as exc:
             return self._broken(f"body cut short ({_root(exc).__class__.__name__})")
         except aiohttp.ClientOSError as exc:
@@ -237,11 +249,34 @@ class AiohttpResponse:
     def close(self) -> None:
         """Done with this response. If its body is unfinished, the connection is
         dropped, which is what tells the upstream to stop generating."""
+        self._unwatch()
         response = self._response
         if self._error is None and response.content.is_eof() and not self._lost():
             response.release()  # all of it arrived: the connection is back in the pool already
         else:
             response.close()
+
+    def _closed_early(self, closed: asyncio.Future[None]) -> None:
+        _consume(closed)
+        content = self._response.content
+        if not content.is_eof() and content.exception() is None:
+            # The protocol keeps the parser's error, if that is why it closed.
+            error = self._protocol.exception() if self._protocol is not None else None
+            if error is None:
+                content.set_exception(
+                    aiohttp.ClientPayloadError("connection closed before the end of the body")
+                )
+            else:
+                malformed = _Malformed("malformed response")
+                malformed.__cause__ = error
+                content.set_exception(malformed)
+
+    def _unwatch(self) -> None:
+        # The future lives as long as the connection, which outlives this
+        # response when it is kept alive: take this response's callback off.
+        watched, self._watched = self._watched, None
+        if watched is not None:
+            watched.remove_done_callback(self._closed_early)
 
     def _lost(self) -> bool:
         closed = self._closed
@@ -252,6 +287,7 @@ class AiohttpResponse:
     def _broken(self, reason: str) -> bytes:
         """Fail the body; first hand over what arrived before the failure, if any did."""
         self._error = ResponseBroken(reason)
+        self._unwatch()
         response = self._response
         content = response.content
         data = b""
