@@ -197,10 +197,12 @@ _METHOD = """\
   Generator: `bench/loadgen.py`, open loop: requests are released on a fixed-rate or Poisson schedule,
   never held back by slow responses, and latency is measured from the scheduled time. Every read is
   timestamped and every body is de-chunked and hashed (SHA-256) against the upstream's own bytes.
-- Scenario 1: one keep-alive connection per path, {c1_rate:g} req/s each at a fixed rate for
-  {c1_seconds:g} s, every path in the same window, their releases interleaved (direct, nginx, sluice,
-  sluice+chain, direct, ...; the order turned one place each round): the VM's stalls, milliseconds long
-  and bursty, land on every path alike instead of deciding whichever path's window they fell in.
+- Scenario 1: one keep-alive connection per path, {c1_requests:,} requests each at a fixed rate, every
+  path in the same window, their releases interleaved (direct, nginx, sluice, sluice+chain,
+  direct, ...; the order turned one place each round) at {c1_rate_all:g} a second in all, however many
+  paths run ({c1_rate:g} req/s each for {c1_seconds:g} s here): the VM's stalls, milliseconds long and
+  bursty, land on every path alike instead of deciding whichever path's window they fell in, and the
+  proxies, which share a core, seldom overlap.
 - Scenario 2: a {tput_probe_seconds:g} s closed-loop probe on 64 connections estimates saturation;
   open-loop Poisson steps of {tput_step_seconds:g} s then descend through {fractions} of it until
   one has p99 < {p99_limit:g} ms and no error; {tput_refinements} bisection steps then narrow the gap
@@ -210,9 +212,9 @@ _METHOD = """\
   apart, from {chain_pairs} groups of four {chain_pair_seconds:g} s closed-loop windows (64 connections)
   on sluice and sluice+chain, A B B A then B A A B: 1 - the median of the groups' rate ratios. Each
   path's search takes a minute, and the VM's speed drifts by tens of percent over that.
-- Scenario 3: {stream_rate:g} new streams/s a path for {stream_seconds:g} s, each {stream_chunks} SSE
-  events {stream_interval_ms:g} ms apart (the first one with the headers), interleaved across the paths
-  like scenario 1.
+- Scenario 3: {stream_count} streams a path, each {stream_chunks} SSE events {stream_interval_ms:g} ms
+  apart (the first one with the headers), started at {stream_rate_all:g} a second in all, interleaved
+  across the paths like scenario 1 ({stream_rate:g} a second each for {stream_seconds:g} s here).
 - Scenario 4: N streams started evenly over {sweep_ramp_seconds:g} s, each {sweep_chunks} events
   {sweep_interval_ms:g} ms apart: slower pacing than scenario 3, so that 5,000 streams stay within what
   the single harness core can send and read. A stall is a gap of {stall:g} ms or more. CPU per chunk
@@ -222,9 +224,20 @@ _METHOD = """\
 """
 
 
-def _method(meta: dict[str, Any]) -> list[str]:
+def _method(meta: dict[str, Any], raw: dict[str, Any]) -> list[str]:
     # Results from before these were settings: one refinement step, no pairs.
     p = {"tput_refinements": 1, "chain_pairs": 0, "chain_pair_seconds": 0, **meta["plan"]}
+    # Scenarios 1 and 3 as run: per path, and in all (older results gave the rate per path).
+    for scenario, all_key, count_key, rate_key, seconds_key in (
+        ("latency_c1", "c1_rate_all", "c1_requests", "c1_rate", "c1_seconds"),
+        ("streaming", "stream_rate_all", "stream_count", "stream_rate", "stream_seconds"),
+    ):
+        n = len(raw.get(scenario, {})) or 4
+        if all_key in p:
+            p[rate_key] = p[all_key] / n
+            p[seconds_key] = p[count_key] / p[rate_key]
+        else:
+            p[all_key], p[count_key] = p[rate_key] * n, round(p[rate_key] * p[seconds_key])
     text = _METHOD.format(
         proxy_core=PROXY_CORE,
         harness_core=HARNESS_CORE,
@@ -238,7 +251,7 @@ def _method(meta: dict[str, Any]) -> list[str]:
 
 def markdown(meta: dict[str, Any], raw: dict[str, Any], summary: dict[str, Any], pngs: list[Path]) -> str:
     lines = _header(meta) + _targets(summary["rows"]) + _table(summary["rows"])
-    lines += _harness(summary, raw, meta) + _profile(raw.get("profile")) + _method(meta)
+    lines += _harness(summary, raw, meta) + _profile(raw.get("profile")) + _method(meta, raw)
     lines += ["## Charts", ""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]
     return "\n".join(lines)
 

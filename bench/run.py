@@ -38,10 +38,10 @@ SCENARIOS = ("c1", "tput", "stream", "sweep", "memory")
 
 QUICK = Plan(
     rounds=1,
-    c1_seconds=2.0,
+    c1_requests=300,
     tput_probe_seconds=0.7,
     tput_step_seconds=1.0,
-    stream_seconds=1.5,
+    stream_count=24,
     sweep_levels=(1, 100, 1000, 5000),
     sweep_rounds=1,
     sweep_chunks=6,
