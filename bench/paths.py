@@ -14,11 +14,19 @@ Paths:
 * ``sluice+chain``: the full default chain: a keys file (so ``auth`` checks
   every request), a key whose rpm and concurrency limits are far too high to
   trigger (so ``rate_limit`` counts every request, in memory) and the access
-  log written to a file.
+  log written to a file;
+* ``sluice-stock``: like ``sluice``, with ``SLUICE_HTTP=stock`` (uvicorn's
+  own httptools protocol and aiohttp's client instead of Sluice's own): the
+  price of the fallback.
 
-Both Sluice paths run with ``SLUICE_HEARTBEAT_INTERVAL=0``: nginx sends no
+``sluice`` and ``sluice+chain`` set ``SLUICE_HTTP=fast`` (the default).
+Every Sluice path runs with ``SLUICE_HEARTBEAT_INTERVAL=0``: nginx sends no
 heartbeats, and the idle streams of the memory scenario would otherwise get
 one every 15 s.
+
+A Sluice must name in its banner the transport it was asked for; that it
+runs interpreted (a stale build) is only warned about (``run.py``), as
+before.
 """
 
 from __future__ import annotations
@@ -232,8 +240,21 @@ def create_bench_key(path: Path) -> str:
     return create_key(path, "bench", Limits(rpm=1_000_000_000, concurrency=1_000_000))
 
 
-def start_sluice(workdir: Path, upstream_port: int, keys_file: Path | None = None) -> Target:
-    name = "sluice+chain" if keys_file is not None else "sluice"
+def start_sluice(
+    workdir: Path,
+    upstream_port: int,
+    keys_file: Path | None = None,
+    *,
+    transport: str = "fast",
+) -> Target:
+    """One Sluice worker on the proxy core: ``keys_file`` makes it ``sluice+chain``,
+    ``transport="stock"`` ``sluice-stock``."""
+    if transport == "stock":
+        name = "sluice-stock"
+    elif keys_file is not None:
+        name = "sluice+chain"
+    else:
+        name = "sluice"
     home = workdir / name.replace("+", "_")
     home.mkdir(parents=True, exist_ok=True)
     env_file = home / "empty.env"
@@ -242,14 +263,33 @@ def start_sluice(workdir: Path, upstream_port: int, keys_file: Path | None = Non
     log = home / "stdout.log"
     argv = [sys.executable, "-m", "proxy", "serve", "--host", "127.0.0.1", "--port", "0"]
     argv += ["--env-file", str(env_file)]
-    proc = _spawn(
-        taskset(PROXY_CORE, argv), log, cwd=home, env=sluice_env(upstream_port, access_log, keys_file)
-    )
+    env = sluice_env(upstream_port, access_log, keys_file)
+    env["SLUICE_HTTP"] = transport
+    proc = _spawn(taskset(PROXY_CORE, argv), log, cwd=home, env=env)
     line = _wait_for_line(log, "Sluice listening on", proc, 20)
     port = int(line.split("http://", 1)[1].split()[0].rsplit(":", 1)[1])
     _wait_http(port, "/healthz")
     # `taskset` execs, so this is the uvicorn process itself (one worker, no supervisor).
-    return Target(name, port, proc.pid, [proc], lambda: _terminate(proc, signal.SIGTERM, 10))
+    target = Target(name, port, proc.pid, [proc], lambda: _terminate(proc, signal.SIGTERM, 10))
+    try:
+        _check_banner(name, line, transport)
+    except RuntimeError:
+        target.stop()
+        raise
+    return target
+
+
+def banner_words(line: str) -> list[str]:
+    """``Sluice listening on URL (1 worker, fast, compiled)`` -> ["1 worker", "fast", "compiled"]."""
+    inside = line.rsplit("(", 1)[-1].rstrip(")").strip()
+    return [w.strip() for w in inside.split(",")]
+
+
+def _check_banner(name: str, line: str, transport: str) -> None:
+    # The banner names the transport: a Sluice that ignored SLUICE_HTTP would make
+    # sluice-stock a second copy of sluice.
+    if transport not in banner_words(line):
+        raise RuntimeError(f"{name}: asked for SLUICE_HTTP={transport}, but its banner says {line!r}")
 
 
 def direct(upstream: Target) -> Target:

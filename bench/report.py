@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from . import charts
 from .paths import HARNESS_CORE, PROXY_CORE
 from .scenarios import P99_LIMIT_MS, stall_threshold_ms
-from .summary import PATHS, summarize
+from .summary import ALWAYS_SHOWN, PATHS, RATIOS, STOCK, summarize
 
 
 def fmt(v: Any) -> str:
@@ -88,38 +89,102 @@ def _targets(rows: list[dict[str, Any]]) -> list[str]:
     return [*out, ""]
 
 
+def _shown(rows: list[dict[str, Any]]) -> tuple[list[str], list[tuple[str, str]]]:
+    """A section's columns: the paths with a figure in it, the four of old always; the ratios
+    with a value in it, Sluice ÷ direct and ÷ nginx always."""
+    present = {p for r in rows for p in r["values"]}
+    paths = [p for p in PATHS if p in present or p != STOCK]
+    ratios = [
+        (attr, head)
+        for attr, _, _, head in RATIOS
+        if attr in ALWAYS_SHOWN or any(r.get(attr) == r.get(attr) and r.get(attr) is not None for r in rows)
+    ]
+    return paths, ratios
+
+
 def _table(rows: list[dict[str, Any]]) -> list[str]:
-    head = "| Metric | " + " | ".join(PATHS) + " | Sluice ÷ direct | Sluice ÷ nginx | Target | Result |"
-    sep = "|---" * (len(PATHS) + 5) + "|"
     out: list[str] = [
         "## All figures",
         "",
         "Medians across rounds; ratios and differences are taken within each round.",
     ]
     notes: list[str] = []
-    section = None
+    sections: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        if r["section"] != section:
-            section = r["section"]
-            out += ["", f"### {section}", "", head, sep]
-        marks = ""
-        for n in r["notes"]:
-            if n not in notes:
-                notes.append(n)
-            marks += f" [{notes.index(n) + 1}]"
-        if "cost" in r["metric"]:
-            cells = ["-" if p != "sluice+chain" else _pct(r["values"][p]) for p in PATHS]
-        else:
-            cells = [fmt(r["values"].get(p)) for p in PATHS]
-        out.append(
-            f"| {r['metric']}{marks} | "
-            + " | ".join(cells)
-            + f" | {ratio(r['vs_direct'])} | {ratio(r['vs_nginx'])} "
-            f"| {r['target']} | {('**' + r['status'] + '**') if r['status'] else ''} |"
+        sections.setdefault(r["section"], []).append(r)
+    for section, mine in sections.items():
+        paths, ratios = _shown(mine)
+        head = (
+            "| Metric | "
+            + " | ".join(paths)
+            + " | "
+            + " | ".join(h for _, h in ratios)
+            + " | Target | Result |"
         )
+        out += ["", f"### {section}", "", head, "|---" * (len(paths) + len(ratios) + 3) + "|"]
+        for r in mine:
+            marks = ""
+            for n in r["notes"]:
+                if n not in notes:
+                    notes.append(n)
+                marks += f" [{notes.index(n) + 1}]"
+            if "cost" in r["metric"]:
+                cells = ["-" if p != "sluice+chain" else _pct(r["values"][p]) for p in paths]
+            else:
+                cells = [fmt(r["values"].get(p)) for p in paths]
+            out.append(
+                f"| {r['metric']}{marks} | "
+                + " | ".join(cells)
+                + " | "
+                + " | ".join(ratio(r.get(attr, math.nan)) for attr, _ in ratios)
+                + f" | {r['target']} | {('**' + r['status'] + '**') if r['status'] else ''} |"
+            )
     if notes:
         out += ["", "Notes:", ""] + [f"{i}. {n}" for i, n in enumerate(notes, 1)]
     return [*out, ""]
+
+
+_HEADLINE = (
+    ("2.", "max sustained requests/s"),
+    ("2.", "proxy CPU per request at max (µs)"),
+    ("1.", "latency p50 (ms)"),
+    ("1.", "proxy CPU per request (µs)"),
+)
+
+
+def _transports(rows: list[dict[str, Any]]) -> list[str]:
+    """Sluice's fast transport against the stock one, at a glance."""
+    picked = [
+        r for sec, metric in _HEADLINE for r in rows if r["section"].startswith(sec) and r["metric"] == metric
+    ]
+    present = {p for r in picked for p in r["values"]}
+    if STOCK not in present:
+        return []
+    paths = [p for p in ("nginx", "sluice", STOCK) if p in present]
+    ratios = [
+        (attr, head) for attr, num, den, head in RATIOS if attr != "vs_direct" and {num, den} <= present
+    ]
+    out = [
+        "## Sluice's transport: fast and stock",
+        "",
+        "sluice runs Sluice's own HTTP/1.1 protocol and upstream client (`SLUICE_HTTP=fast`, the default); "
+        "sluice-stock the same with `SLUICE_HTTP=stock` (uvicorn's httptools protocol, aiohttp's client). "
+        "Medians; ratios within rounds, as below.",
+        "",
+        "| Figure | " + " | ".join(paths) + " | " + " | ".join(h for _, h in ratios) + " |",
+        "|---" * (len(paths) + len(ratios) + 1) + "|",
+    ]
+    for r in picked:
+        section = r["section"].split(" ", 1)[0]
+        out.append(
+            f"| {section} {r['metric']} | "
+            + " | ".join(fmt(r["values"].get(p)) for p in paths)
+            + " | "
+            + " | ".join(ratio(r.get(attr, math.nan)) for attr, _ in ratios)
+            + " |"
+        )
+    out.append("")
+    return out
 
 
 def _harness(summary: dict[str, Any], raw: dict[str, Any], meta: dict[str, Any]) -> list[str]:
@@ -182,23 +247,23 @@ _METHOD = """\
 
 - The proxy under test is pinned to core {proxy_core} (`taskset`); the load generator (this process) and
   the upstream share core {harness_core}. Paths run in interleaved rounds (direct, nginx, sluice,
-  sluice+chain, then again: {rounds} rounds per scenario, {sweep_rounds} per sweep level); in
-  scenarios 1 and 3 every round measures all four at once, request by request (below). Each
+  sluice+chain{extra_order}, then again: {rounds} rounds per scenario, {sweep_rounds} per sweep level); in
+  scenarios 1 and 3 every round measures all paths at once, request by request (below). Each
   measurement first waits (up to 3 s) for other processes to go quiet, records the CPU they used
   during it, and is run once more (within a time budget) when they used over a quarter of a core.
 - nginx: one worker, `proxy_buffering off`, HTTP/1.1 to an upstream block with `keepalive 256`, no
   access log. sluice: one worker (`python -m proxy serve`), no keys file (so `auth` and `rate_limit`
   pass every request), `SLUICE_ACCESS_LOG=off`. sluice+chain: the full default chain: the access log
   written to a file, `auth` against a keys file, the in-memory rate limiter counting a key whose rpm
-  (10^9) and concurrency (10^6) limits never trigger. Both Sluice paths run with
+  (10^9) and concurrency (10^6) limits never trigger. Every Sluice path runs with
   `SLUICE_HEARTBEAT_INTERVAL=0`: nginx sends no heartbeats, and the idle streams of scenario 5 would
-  otherwise get one every 15 s.
+  otherwise get one every 15 s.{extra_paths}
 - Upstream: `bench/upstream.py`, a raw asyncio protocol on uvloop with precomputed responses.
   Generator: `bench/loadgen.py`, open loop: requests are released on a fixed-rate or Poisson schedule,
   never held back by slow responses, and latency is measured from the scheduled time. Every read is
   timestamped and every body is de-chunked and hashed (SHA-256) against the upstream's own bytes.
 - Scenario 1: one keep-alive connection per path, {c1_requests:,} requests each at a fixed rate, every
-  path in the same window, their releases interleaved (direct, nginx, sluice, sluice+chain,
+  path in the same window, their releases interleaved (direct, nginx, sluice, sluice+chain{extra_order},
   direct, ...; the order turned one place each round) at {c1_rate_all:g} a second in all, however many
   paths run ({c1_rate:g} req/s each for {c1_seconds:g} s here): the VM's stalls, milliseconds long and
   bursty, land on every path alike instead of deciding whichever path's window they fell in, and the
@@ -238,6 +303,15 @@ def _method(meta: dict[str, Any], raw: dict[str, Any]) -> list[str]:
             p[seconds_key] = p[count_key] / p[rate_key]
         else:
             p[all_key], p[count_key] = p[rate_key] * n, round(p[rate_key] * p[seconds_key])
+    present = {name for rounds in raw.values() if isinstance(rounds, dict) for name in rounds}
+    p["extra_order"] = ", sluice-stock" if STOCK in present else ""
+    extra = []
+    if STOCK in present:
+        extra.append(
+            "sluice-stock: like sluice, with `SLUICE_HTTP=stock` (uvicorn's own httptools protocol and "
+            f"aiohttp's client in place of Sluice's own), in {_scenarios(raw, STOCK)}."
+        )
+    p["extra_paths"] = "".join("\n" + "\n".join(_wrap("- " + x)) for x in extra)
     text = _METHOD.format(
         proxy_core=PROXY_CORE,
         harness_core=HARNESS_CORE,
@@ -249,8 +323,20 @@ def _method(meta: dict[str, Any], raw: dict[str, Any]) -> list[str]:
     return [*text.splitlines(), ""]
 
 
+def _scenarios(raw: dict[str, Any], path: str) -> str:
+    names = {"latency_c1": "1", "throughput": "2", "streaming": "3", "sweep": "4", "memory": "5"}
+    ran = [n for key, n in names.items() if isinstance(raw.get(key), dict) and path in raw[key]]
+    if not ran:
+        return "no scenario"
+    return "scenario " + ran[0] if len(ran) == 1 else "scenarios " + ", ".join(ran[:-1]) + " and " + ran[-1]
+
+
+def _wrap(text: str, width: int = 100) -> list[str]:
+    return textwrap.wrap(text, width, subsequent_indent="  ", break_on_hyphens=False)
+
+
 def markdown(meta: dict[str, Any], raw: dict[str, Any], summary: dict[str, Any], pngs: list[Path]) -> str:
-    lines = _header(meta) + _targets(summary["rows"]) + _table(summary["rows"])
+    lines = _header(meta) + _targets(summary["rows"]) + _transports(summary["rows"]) + _table(summary["rows"])
     lines += _harness(summary, raw, meta) + _profile(raw.get("profile")) + _method(meta, raw)
     lines += ["## Charts", ""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]
     return "\n".join(lines)
