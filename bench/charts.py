@@ -20,6 +20,7 @@ COLOURS = {
     "nginx": "#2a9d8f",
     "sluice": "#e76f51",
     "sluice-stock": "#e9a23b",
+    "sluice@baseline": "#3a6ea5",
     "sluice+chain": "#8d5fd3",
 }
 

@@ -11,7 +11,7 @@ from typing import Any
 from . import charts
 from .paths import HARNESS_CORE, PROXY_CORE
 from .scenarios import P99_LIMIT_MS, stall_threshold_ms
-from .summary import ALWAYS_SHOWN, PATHS, RATIOS, STOCK, summarize
+from .summary import ALWAYS_SHOWN, BASELINE, PATHS, RATIOS, STOCK, WITHIN, summarize
 
 
 def fmt(v: Any) -> str:
@@ -60,7 +60,21 @@ def _header(meta: dict[str, Any]) -> list[str]:
         f"{meta['uvicorn']} / {meta['starlette']} / {meta['httptools']} |",
         f"| nginx | {meta['nginx']} |",
         f"| Sluice's request path | {_compiled(meta.get('sluice_compiled'))} |",
+        *_baseline_header(meta),
         "",
+    ]
+
+
+def _baseline_header(meta: dict[str, Any]) -> list[str]:
+    if not meta.get("baseline_tree"):
+        return []
+    dirty = meta.get("baseline_proxy_uncommitted_files")
+    modules = meta.get("baseline_compiled_modules")
+    return [
+        f"| Baseline (`sluice@baseline`) | `{meta['baseline_commit']}` {meta['baseline_subject']}"
+        + (f" + {dirty} uncommitted file(s) in proxy/" if dirty else "")
+        + f", from `{meta['baseline_tree']}`; compiled ({modules} of its extension modules loaded, "
+        "checked in the process) |"
     ]
 
 
@@ -79,7 +93,9 @@ def _targets(rows: list[dict[str, Any]]) -> list[str]:
             continue
         key = "sluice+chain" if "chain" in r["metric"] else "sluice"
         shown = r["values"].get(key, math.nan)
-        if r["vs_nginx"] == r["vs_nginx"] and "requests/s" in r["metric"]:
+        if r.get("quote") == "vs_baseline":
+            shown_text = f"{ratio(r['vs_baseline'])} ({fmt(shown)} vs {fmt(r['values'].get(BASELINE))} req/s)"
+        elif r["vs_nginx"] == r["vs_nginx"] and "requests/s" in r["metric"]:
             shown_text = f"{fmt(shown)} ({ratio(r['vs_nginx'])} nginx)"
         elif "cost" in r["metric"]:
             shown_text = _pct(shown)
@@ -93,7 +109,7 @@ def _shown(rows: list[dict[str, Any]]) -> tuple[list[str], list[tuple[str, str]]
     """A section's columns: the paths with a figure in it, the four of old always; the ratios
     with a value in it, Sluice ÷ direct and ÷ nginx always."""
     present = {p for r in rows for p in r["values"]}
-    paths = [p for p in PATHS if p in present or p != STOCK]
+    paths = [p for p in PATHS if p in present or p not in (STOCK, BASELINE)]
     ratios = [
         (attr, head)
         for attr, _, _, head in RATIOS
@@ -147,29 +163,36 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
 _HEADLINE = (
     ("2.", "max sustained requests/s"),
     ("2.", "proxy CPU per request at max (µs)"),
+    ("2.", "paired saturation rate vs the baseline tree (req/s)"),
+    ("2.", "proxy CPU per request in those windows (µs)"),
     ("1.", "latency p50 (ms)"),
     ("1.", "proxy CPU per request (µs)"),
 )
 
 
 def _transports(rows: list[dict[str, Any]]) -> list[str]:
-    """Sluice's fast transport against the stock one, at a glance."""
+    """Sluice's fast transport against the stock one and against the baseline tree, at a glance."""
     picked = [
         r for sec, metric in _HEADLINE for r in rows if r["section"].startswith(sec) and r["metric"] == metric
     ]
     present = {p for r in picked for p in r["values"]}
-    if STOCK not in present:
+    if STOCK not in present and BASELINE not in present:
         return []
-    paths = [p for p in ("nginx", "sluice", STOCK) if p in present]
+    paths = [p for p in ("nginx", "sluice", STOCK, BASELINE) if p in present]
     ratios = [
         (attr, head) for attr, num, den, head in RATIOS if attr != "vs_direct" and {num, den} <= present
     ]
     out = [
-        "## Sluice's transport: fast and stock",
+        "## Sluice's transport: fast, stock, and the baseline tree",
         "",
         "sluice runs Sluice's own HTTP/1.1 protocol and upstream client (`SLUICE_HTTP=fast`, the default); "
-        "sluice-stock the same with `SLUICE_HTTP=stock` (uvicorn's httptools protocol, aiohttp's client). "
-        "Medians; ratios within rounds, as below.",
+        "sluice-stock the same with `SLUICE_HTTP=stock` (uvicorn's httptools protocol, aiohttp's client)"
+        + (
+            "; sluice@baseline the baseline tree's code (above), run exactly like sluice"
+            if BASELINE in present
+            else ""
+        )
+        + ". Medians; ratios within rounds (or groups), as below.",
         "",
         "| Figure | " + " | ".join(paths) + " | " + " | ".join(h for _, h in ratios) + " |",
         "|---" * (len(paths) + len(ratios) + 1) + "|",
@@ -184,6 +207,22 @@ def _transports(rows: list[dict[str, Any]]) -> list[str]:
             + " |"
         )
     out.append("")
+    if BASELINE in present:
+        paired = next((r for r in picked if r["metric"].startswith("paired saturation")), None)
+        cpu = next((r for r in picked if r["metric"] == "proxy CPU per request at max (µs)"), None)
+        if paired is not None:
+            v = paired["vs_baseline"]
+            kept = v == v and v >= 1 - WITHIN
+            out.append(
+                f"Within {WITHIN:.0%} of the baseline: **{'yes' if kept else 'NO'}**: Sluice's saturation "
+                f"rate is {ratio(v)} the baseline's, from paired windows back to back (they carry the "
+                "verdict: the two paths' searches run half a minute or more apart, and the VM's speed "
+                "drifts by tens of percent over a minute)"
+                + (f"; CPU per request at each path's maximum {ratio(cpu['vs_baseline'])}." if cpu else ".")
+            )
+        else:
+            out.append("No paired windows ran (`--only` without tput?): no verdict against the baseline.")
+        out.append("")
     return out
 
 
@@ -276,7 +315,7 @@ _METHOD = """\
   VM one stall of a few tens of ms fails a one-second step by itself. The chain's cost is taken
   apart, from {chain_pairs} groups of four {chain_pair_seconds:g} s closed-loop windows (64 connections)
   on sluice and sluice+chain, A B B A then B A A B: 1 - the median of the groups' rate ratios. Each
-  path's search takes a minute, and the VM's speed drifts by tens of percent over that.
+  path's search takes a minute, and the VM's speed drifts by tens of percent over that.{baseline_pairs_text}
 - Scenario 3: {stream_count} streams a path, each {stream_chunks} SSE events {stream_interval_ms:g} ms
   apart (the first one with the headers), started at {stream_rate_all:g} a second in all, interleaved
   across the paths like scenario 1 ({stream_rate:g} a second each for {stream_seconds:g} s here).
@@ -291,7 +330,8 @@ _METHOD = """\
 
 def _method(meta: dict[str, Any], raw: dict[str, Any]) -> list[str]:
     # Results from before these were settings: one refinement step, no pairs.
-    p = {"tput_refinements": 1, "chain_pairs": 0, "chain_pair_seconds": 0, **meta["plan"]}
+    defaults = {"tput_refinements": 1, "chain_pairs": 0, "chain_pair_seconds": 0, "baseline_pairs": 0}
+    p = {**defaults, **meta["plan"]}
     # Scenarios 1 and 3 as run: per path, and in all (older results gave the rate per path).
     for scenario, all_key, count_key, rate_key, seconds_key in (
         ("latency_c1", "c1_rate_all", "c1_requests", "c1_rate", "c1_seconds"),
@@ -304,14 +344,27 @@ def _method(meta: dict[str, Any], raw: dict[str, Any]) -> list[str]:
         else:
             p[all_key], p[count_key] = p[rate_key] * n, round(p[rate_key] * p[seconds_key])
     present = {name for rounds in raw.values() if isinstance(rounds, dict) for name in rounds}
-    p["extra_order"] = ", sluice-stock" if STOCK in present else ""
+    p["extra_order"] = "".join(f", {x}" for x in (STOCK, BASELINE) if x in present)
     extra = []
     if STOCK in present:
         extra.append(
             "sluice-stock: like sluice, with `SLUICE_HTTP=stock` (uvicorn's own httptools protocol and "
             f"aiohttp's client in place of Sluice's own), in {_scenarios(raw, STOCK)}."
         )
+    if BASELINE in present:
+        extra.append(
+            "sluice@baseline: like sluice (the same environment, core and single worker), run by the "
+            "same Python with `cwd` and `PYTHONPATH` set to the baseline tree, whose banner must say "
+            "`compiled` and whose memory map must show its own extension modules and no other tree's, "
+            f"in {_scenarios(raw, BASELINE)}."
+        )
     p["extra_paths"] = "".join("\n" + "\n".join(_wrap("- " + x)) for x in extra)
+    p["baseline_pairs_text"] = (
+        "\n  Sluice ÷ baseline is taken the same way, from "
+        f"{p['baseline_pairs']} groups of four such windows on sluice and sluice@baseline."
+        if "baseline_pairs" in raw
+        else ""
+    )
     text = _METHOD.format(
         proxy_core=PROXY_CORE,
         harness_core=HARNESS_CORE,

@@ -68,6 +68,9 @@ class Plan:
     sweep_interval_ms: float = 200.0
     sweep_ramp_seconds: float = 0.8
     idle_streams: int = 10_000
+    # sluice against sluice@baseline (--baseline-tree), measured like the chain:
+    # groups of four closed-loop windows, A B B A then B A A B.
+    baseline_pairs: int = 4  # 4 x 4 windows of 2 s: enough for a 10 % verdict, and the run stays short
 
     def per_path(self, rate_all: float, count: int, paths: int) -> tuple[float, float]:
         """A path's rate and the window's length when ``paths`` paths share ``rate_all``."""
