@@ -111,8 +111,11 @@ unit: $(VENV)/.test-installed system-deps $(NATIVE)
 test: lint typecheck unit
 
 # The benchmark suite (direct vs nginx vs Sluice, pinned to cores; see
-# bench/run.py). Results land in bench/results/. About 7 minutes on 2 cores
-# (bounded below 10 on a busy machine); `make bench BENCH_ARGS=--quick`, about 2.
+# bench/run.py). Results land in bench/results/. About 7.5 minutes on 2 cores
+# (bounded below 10 on a busy machine); `make bench BENCH_ARGS=--quick`, about 3.
+# BENCH_ARGS="--baseline-tree DIR" adds sluice@baseline, the Sluice checkout DIR
+# (built in place: `make native` there) run like sluice, for an A/B in the same
+# run: about 1.5 minutes more, 8.5 in all on a quiet machine.
 BENCH_ARGS ?=
 bench: $(VENV)/.bench-installed system-deps $(NATIVE)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -15,7 +15,14 @@ from matplotlib.axes import Axes
 
 from .summary import PATHS
 
-COLOURS = {"direct": "#555555", "nginx": "#2a9d8f", "sluice": "#e76f51", "sluice+chain": "#8d5fd3"}
+COLOURS = {
+    "direct": "#555555",
+    "nginx": "#2a9d8f",
+    "sluice": "#e76f51",
+    "sluice-stock": "#e9a23b",
+    "sluice@baseline": "#3a6ea5",
+    "sluice+chain": "#8d5fd3",
+}
 
 
 def _cdf(ax: Axes, samples_by_path: dict[str, np.ndarray], xlabel: str, log: bool = True) -> None:

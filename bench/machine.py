@@ -38,10 +38,10 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def _run(argv: list[str], env: dict[str, str] | None = None) -> str:
+def _run(argv: list[str], env: dict[str, str] | None = None, cwd: Path = REPO) -> str:
     try:
         done = subprocess.run(  # noqa: S603
-            argv, capture_output=True, text=True, timeout=10, cwd=REPO, check=False, env=env
+            argv, capture_output=True, text=True, timeout=10, cwd=cwd, check=False, env=env
         )
     except OSError:
         return "unavailable"
@@ -88,4 +88,20 @@ def facts() -> dict[str, Any]:
         "sluice_commit": _run(["git", "rev-parse", "--short", "HEAD"]),
         "sluice_compiled": _sluice_compiled(),
         "sluice_proxy_uncommitted_files": len(dirty.splitlines()) if dirty != "unavailable" else None,
+    }
+
+
+def baseline_facts(tree: Path) -> dict[str, Any]:
+    """Which commit the ``sluice@baseline`` path runs (``--baseline-tree``).
+
+    Whether it runs compiled is checked in the started process itself
+    (``paths.start_sluice``), not by importing anything here: its modules
+    live at other paths than this tree's.
+    """
+    dirty = _run(["git", "status", "--porcelain", "--", "proxy"], cwd=tree)
+    return {
+        "baseline_tree": str(tree),
+        "baseline_commit": _run(["git", "rev-parse", "--short", "HEAD"], cwd=tree),
+        "baseline_subject": _run(["git", "log", "-1", "--format=%s"], cwd=tree),
+        "baseline_proxy_uncommitted_files": len(dirty.splitlines()) if dirty != "unavailable" else None,
     }

@@ -14,11 +14,27 @@ Paths:
 * ``sluice+chain``: the full default chain: a keys file (so ``auth`` checks
   every request), a key whose rpm and concurrency limits are far too high to
   trigger (so ``rate_limit`` counts every request, in memory) and the access
-  log written to a file.
+  log written to a file;
+* ``sluice-stock``: like ``sluice``, with ``SLUICE_HTTP=stock`` (uvicorn's
+  own httptools protocol and aiohttp's client instead of Sluice's own): the
+  price of the fallback;
+* ``sluice@baseline`` (only with ``--baseline-tree DIR``): like ``sluice``,
+  the same environment, but the code of another Sluice checkout DIR (say a
+  ``git worktree`` of an older commit, built in place), run by this venv's
+  Python with ``cwd`` and ``PYTHONPATH`` set to DIR.
 
-Both Sluice paths run with ``SLUICE_HEARTBEAT_INTERVAL=0``: nginx sends no
-heartbeats, and the idle streams of the memory scenario would otherwise get
-one every 15 s.
+``sluice`` and ``sluice+chain`` set ``SLUICE_HTTP=fast`` (the default) and
+``sluice@baseline`` gets the very same environment (a tree from before the
+setting ignores it). Every Sluice path runs with
+``SLUICE_HEARTBEAT_INTERVAL=0``: nginx sends no heartbeats, and the idle
+streams of the memory scenario would otherwise get one every 15 s.
+
+A Sluice of this tree must name in its banner the transport it was asked
+for; that it runs interpreted (a stale build) is only warned about
+(``run.py``), as before. The baseline's process must say in its banner that
+it runs compiled, and its memory map must show the compiled modules of its
+own tree and none of another's: a baseline that silently ran this
+checkout's code, or ran interpreted, would compare nothing.
 """
 
 from __future__ import annotations
@@ -39,6 +55,8 @@ from typing import Any
 from . import procfs
 from .meter import OUR_PIDS
 
+REPO = Path(__file__).resolve().parents[1]  # the Sluice checkout the bench belongs to
+
 PROXY_CORE = 0
 HARNESS_CORE = 1 if (os.cpu_count() or 1) >= 2 else 0
 
@@ -54,6 +72,7 @@ class Target:
     pid: int | None  # the process whose CPU and RSS are measured (None: direct)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     stopper: Callable[[], None] | None = None
+    modules: list[str] = field(default_factory=list)  # sluice@baseline: its compiled modules, as mapped
 
     def stop(self) -> None:
         if self.stopper is not None:
@@ -232,9 +251,25 @@ def create_bench_key(path: Path) -> str:
     return create_key(path, "bench", Limits(rpm=1_000_000_000, concurrency=1_000_000))
 
 
-def start_sluice(workdir: Path, upstream_port: int, keys_file: Path | None = None) -> Target:
-    name = "sluice+chain" if keys_file is not None else "sluice"
-    home = workdir / name.replace("+", "_")
+def start_sluice(
+    workdir: Path,
+    upstream_port: int,
+    keys_file: Path | None = None,
+    *,
+    transport: str = "fast",
+    tree: Path | None = None,
+) -> Target:
+    """One Sluice worker on the proxy core: ``keys_file`` makes it ``sluice+chain``,
+    ``transport="stock"`` ``sluice-stock``, ``tree`` (another checkout) ``sluice@baseline``."""
+    if tree is not None:
+        name = "sluice@baseline"
+    elif transport == "stock":
+        name = "sluice-stock"
+    elif keys_file is not None:
+        name = "sluice+chain"
+    else:
+        name = "sluice"
+    home = workdir / name.replace("+", "_").replace("@", "_")
     home.mkdir(parents=True, exist_ok=True)
     env_file = home / "empty.env"
     env_file.write_text("")
@@ -242,14 +277,83 @@ def start_sluice(workdir: Path, upstream_port: int, keys_file: Path | None = Non
     log = home / "stdout.log"
     argv = [sys.executable, "-m", "proxy", "serve", "--host", "127.0.0.1", "--port", "0"]
     argv += ["--env-file", str(env_file)]
-    proc = _spawn(
-        taskset(PROXY_CORE, argv), log, cwd=home, env=sluice_env(upstream_port, access_log, keys_file)
-    )
+    env = sluice_env(upstream_port, access_log, keys_file)
+    env["SLUICE_HTTP"] = transport
+    if tree is not None:
+        # `-m proxy` imports from the working directory first; PYTHONPATH says the same for
+        # anything the process starts. This venv's editable install of REPO comes after both.
+        env["PYTHONPATH"] = str(tree)
+    proc = _spawn(taskset(PROXY_CORE, argv), log, cwd=tree if tree is not None else home, env=env)
     line = _wait_for_line(log, "Sluice listening on", proc, 20)
     port = int(line.split("http://", 1)[1].split()[0].rsplit(":", 1)[1])
     _wait_http(port, "/healthz")
     # `taskset` execs, so this is the uvicorn process itself (one worker, no supervisor).
-    return Target(name, port, proc.pid, [proc], lambda: _terminate(proc, signal.SIGTERM, 10))
+    target = Target(name, port, proc.pid, [proc], lambda: _terminate(proc, signal.SIGTERM, 10))
+    try:
+        _check_banner(name, line, transport, tree)
+        if tree is not None:
+            target.modules = check_tree(target, tree)
+    except RuntimeError:
+        target.stop()
+        raise
+    return target
+
+
+class BaselineError(RuntimeError):
+    """The baseline tree did not run as asked: interpreted, or another tree's code."""
+
+
+def banner_words(line: str) -> list[str]:
+    """``Sluice listening on URL (1 worker, fast, compiled)`` -> ["1 worker", "fast", "compiled"].
+
+    Older trees print no transport: ``(1 worker, compiled)``.
+    """
+    inside = line.rsplit("(", 1)[-1].rstrip(")").strip()
+    return [w.strip() for w in inside.split(",")]
+
+
+def loaded_extensions(pid: int) -> set[Path]:
+    """The Sluice extension modules (``proxy/**.so``) mapped into ``pid``."""
+    found = set()
+    for row in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = row.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].endswith(".so") and "/proxy/" in parts[5]:
+            found.add(Path(parts[5]))
+    return found
+
+
+def _check_banner(name: str, line: str, transport: str, tree: Path | None) -> None:
+    words = banner_words(line)
+    if tree is None:
+        # This tree's banner names the transport: a Sluice that ignored SLUICE_HTTP
+        # would make sluice-stock a second copy of sluice.
+        if transport not in words:
+            raise RuntimeError(f"{name}: asked for SLUICE_HTTP={transport}, but its banner says {line!r}")
+        return
+    if "compiled" not in words:
+        raise BaselineError(
+            f"{name}: the baseline tree {tree} ran {'interpreted' if 'interpreted' in words else 'unknown'} "
+            f"(banner {line!r}): build it in place first (`make native` there), "
+            "and leave its sources untouched since (a newer .py than its build runs interpreted)"
+        )
+
+
+def check_tree(target: Target, tree: Path) -> list[str]:
+    """The compiled modules ``target`` mapped, all from ``tree`` (relative paths), or a clear error.
+
+    Called once the process answers, with its app (and so its request path) imported.
+    """
+    assert target.pid is not None
+    own = tree.resolve() / "proxy"
+    loaded = loaded_extensions(target.pid)
+    foreign = sorted(str(p) for p in loaded if not p.is_relative_to(own))
+    mine = sorted(str(p.relative_to(tree.resolve())) for p in loaded if p.is_relative_to(own))
+    if foreign or not mine:
+        raise BaselineError(
+            f"{target.name} should run the compiled modules of {tree}, but it mapped "
+            + (f"these from elsewhere: {', '.join(foreign[:4])}" if foreign else "none of them")
+        )
+    return mine
 
 
 def direct(upstream: Target) -> Target:

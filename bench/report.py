@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from . import charts
 from .paths import HARNESS_CORE, PROXY_CORE
 from .scenarios import P99_LIMIT_MS, stall_threshold_ms
-from .summary import PATHS, summarize
+from .summary import ALWAYS_SHOWN, BASELINE, PATHS, RATIOS, STOCK, WITHIN, summarize
 
 
 def fmt(v: Any) -> str:
@@ -59,7 +60,21 @@ def _header(meta: dict[str, Any]) -> list[str]:
         f"{meta['uvicorn']} / {meta['starlette']} / {meta['httptools']} |",
         f"| nginx | {meta['nginx']} |",
         f"| Sluice's request path | {_compiled(meta.get('sluice_compiled'))} |",
+        *_baseline_header(meta),
         "",
+    ]
+
+
+def _baseline_header(meta: dict[str, Any]) -> list[str]:
+    if not meta.get("baseline_tree"):
+        return []
+    dirty = meta.get("baseline_proxy_uncommitted_files")
+    modules = meta.get("baseline_compiled_modules")
+    return [
+        f"| Baseline (`sluice@baseline`) | `{meta['baseline_commit']}` {meta['baseline_subject']}"
+        + (f" + {dirty} uncommitted file(s) in proxy/" if dirty else "")
+        + f", from `{meta['baseline_tree']}`; compiled ({modules} of its extension modules loaded, "
+        "checked in the process) |"
     ]
 
 
@@ -78,7 +93,9 @@ def _targets(rows: list[dict[str, Any]]) -> list[str]:
             continue
         key = "sluice+chain" if "chain" in r["metric"] else "sluice"
         shown = r["values"].get(key, math.nan)
-        if r["vs_nginx"] == r["vs_nginx"] and "requests/s" in r["metric"]:
+        if r.get("quote") == "vs_baseline":
+            shown_text = f"{ratio(r['vs_baseline'])} ({fmt(shown)} vs {fmt(r['values'].get(BASELINE))} req/s)"
+        elif r["vs_nginx"] == r["vs_nginx"] and "requests/s" in r["metric"]:
             shown_text = f"{fmt(shown)} ({ratio(r['vs_nginx'])} nginx)"
         elif "cost" in r["metric"]:
             shown_text = _pct(shown)
@@ -88,38 +105,125 @@ def _targets(rows: list[dict[str, Any]]) -> list[str]:
     return [*out, ""]
 
 
+def _shown(rows: list[dict[str, Any]]) -> tuple[list[str], list[tuple[str, str]]]:
+    """A section's columns: the paths with a figure in it, the four of old always; the ratios
+    with a value in it, Sluice ÷ direct and ÷ nginx always."""
+    present = {p for r in rows for p in r["values"]}
+    paths = [p for p in PATHS if p in present or p not in (STOCK, BASELINE)]
+    ratios = [
+        (attr, head)
+        for attr, _, _, head in RATIOS
+        if attr in ALWAYS_SHOWN or any(r.get(attr) == r.get(attr) and r.get(attr) is not None for r in rows)
+    ]
+    return paths, ratios
+
+
 def _table(rows: list[dict[str, Any]]) -> list[str]:
-    head = "| Metric | " + " | ".join(PATHS) + " | Sluice ÷ direct | Sluice ÷ nginx | Target | Result |"
-    sep = "|---" * (len(PATHS) + 5) + "|"
     out: list[str] = [
         "## All figures",
         "",
         "Medians across rounds; ratios and differences are taken within each round.",
     ]
     notes: list[str] = []
-    section = None
+    sections: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        if r["section"] != section:
-            section = r["section"]
-            out += ["", f"### {section}", "", head, sep]
-        marks = ""
-        for n in r["notes"]:
-            if n not in notes:
-                notes.append(n)
-            marks += f" [{notes.index(n) + 1}]"
-        if "cost" in r["metric"]:
-            cells = ["-" if p != "sluice+chain" else _pct(r["values"][p]) for p in PATHS]
-        else:
-            cells = [fmt(r["values"].get(p)) for p in PATHS]
-        out.append(
-            f"| {r['metric']}{marks} | "
-            + " | ".join(cells)
-            + f" | {ratio(r['vs_direct'])} | {ratio(r['vs_nginx'])} "
-            f"| {r['target']} | {('**' + r['status'] + '**') if r['status'] else ''} |"
+        sections.setdefault(r["section"], []).append(r)
+    for section, mine in sections.items():
+        paths, ratios = _shown(mine)
+        head = (
+            "| Metric | "
+            + " | ".join(paths)
+            + " | "
+            + " | ".join(h for _, h in ratios)
+            + " | Target | Result |"
         )
+        out += ["", f"### {section}", "", head, "|---" * (len(paths) + len(ratios) + 3) + "|"]
+        for r in mine:
+            marks = ""
+            for n in r["notes"]:
+                if n not in notes:
+                    notes.append(n)
+                marks += f" [{notes.index(n) + 1}]"
+            if "cost" in r["metric"]:
+                cells = ["-" if p != "sluice+chain" else _pct(r["values"][p]) for p in paths]
+            else:
+                cells = [fmt(r["values"].get(p)) for p in paths]
+            out.append(
+                f"| {r['metric']}{marks} | "
+                + " | ".join(cells)
+                + " | "
+                + " | ".join(ratio(r.get(attr, math.nan)) for attr, _ in ratios)
+                + f" | {r['target']} | {('**' + r['status'] + '**') if r['status'] else ''} |"
+            )
     if notes:
         out += ["", "Notes:", ""] + [f"{i}. {n}" for i, n in enumerate(notes, 1)]
     return [*out, ""]
+
+
+_HEADLINE = (
+    ("2.", "max sustained requests/s"),
+    ("2.", "proxy CPU per request at max (µs)"),
+    ("2.", "paired saturation rate vs the baseline tree (req/s)"),
+    ("2.", "proxy CPU per request in those windows (µs)"),
+    ("1.", "latency p50 (ms)"),
+    ("1.", "proxy CPU per request (µs)"),
+)
+
+
+def _transports(rows: list[dict[str, Any]]) -> list[str]:
+    """Sluice's fast transport against the stock one and against the baseline tree, at a glance."""
+    picked = [
+        r for sec, metric in _HEADLINE for r in rows if r["section"].startswith(sec) and r["metric"] == metric
+    ]
+    present = {p for r in picked for p in r["values"]}
+    if STOCK not in present and BASELINE not in present:
+        return []
+    paths = [p for p in ("nginx", "sluice", STOCK, BASELINE) if p in present]
+    ratios = [
+        (attr, head) for attr, num, den, head in RATIOS if attr != "vs_direct" and {num, den} <= present
+    ]
+    out = [
+        "## Sluice's transport: fast, stock, and the baseline tree",
+        "",
+        "sluice runs Sluice's own HTTP/1.1 protocol and upstream client (`SLUICE_HTTP=fast`, the default); "
+        "sluice-stock the same with `SLUICE_HTTP=stock` (uvicorn's httptools protocol, aiohttp's client)"
+        + (
+            "; sluice@baseline the baseline tree's code (above), run exactly like sluice"
+            if BASELINE in present
+            else ""
+        )
+        + ". Medians; ratios within rounds (or groups), as below.",
+        "",
+        "| Figure | " + " | ".join(paths) + " | " + " | ".join(h for _, h in ratios) + " |",
+        "|---" * (len(paths) + len(ratios) + 1) + "|",
+    ]
+    for r in picked:
+        section = r["section"].split(" ", 1)[0]
+        out.append(
+            f"| {section} {r['metric']} | "
+            + " | ".join(fmt(r["values"].get(p)) for p in paths)
+            + " | "
+            + " | ".join(ratio(r.get(attr, math.nan)) for attr, _ in ratios)
+            + " |"
+        )
+    out.append("")
+    if BASELINE in present:
+        paired = next((r for r in picked if r["metric"].startswith("paired saturation")), None)
+        cpu = next((r for r in picked if r["metric"] == "proxy CPU per request at max (µs)"), None)
+        if paired is not None:
+            v = paired["vs_baseline"]
+            kept = v == v and v >= 1 - WITHIN
+            out.append(
+                f"Within {WITHIN:.0%} of the baseline: **{'yes' if kept else 'NO'}**: Sluice's saturation "
+                f"rate is {ratio(v)} the baseline's, from paired windows back to back (they carry the "
+                "verdict: the two paths' searches run half a minute or more apart, and the VM's speed "
+                "drifts by tens of percent over a minute)"
+                + (f"; CPU per request at each path's maximum {ratio(cpu['vs_baseline'])}." if cpu else ".")
+            )
+        else:
+            out.append("No paired windows ran (`--only` without tput?): no verdict against the baseline.")
+        out.append("")
+    return out
 
 
 def _harness(summary: dict[str, Any], raw: dict[str, Any], meta: dict[str, Any]) -> list[str]:
@@ -182,25 +286,27 @@ _METHOD = """\
 
 - The proxy under test is pinned to core {proxy_core} (`taskset`); the load generator (this process) and
   the upstream share core {harness_core}. Paths run in interleaved rounds (direct, nginx, sluice,
-  sluice+chain, then again: {rounds} rounds per scenario, {sweep_rounds} per sweep level); in
-  scenarios 1 and 3 every round measures all four at once, request by request (below). Each
+  sluice+chain{extra_order}, then again: {rounds} rounds per scenario, {sweep_rounds} per sweep level); in
+  scenarios 1 and 3 every round measures all paths at once, request by request (below). Each
   measurement first waits (up to 3 s) for other processes to go quiet, records the CPU they used
   during it, and is run once more (within a time budget) when they used over a quarter of a core.
 - nginx: one worker, `proxy_buffering off`, HTTP/1.1 to an upstream block with `keepalive 256`, no
   access log. sluice: one worker (`python -m proxy serve`), no keys file (so `auth` and `rate_limit`
   pass every request), `SLUICE_ACCESS_LOG=off`. sluice+chain: the full default chain: the access log
   written to a file, `auth` against a keys file, the in-memory rate limiter counting a key whose rpm
-  (10^9) and concurrency (10^6) limits never trigger. Both Sluice paths run with
+  (10^9) and concurrency (10^6) limits never trigger. Every Sluice path runs with
   `SLUICE_HEARTBEAT_INTERVAL=0`: nginx sends no heartbeats, and the idle streams of scenario 5 would
-  otherwise get one every 15 s.
+  otherwise get one every 15 s.{extra_paths}
 - Upstream: `bench/upstream.py`, a raw asyncio protocol on uvloop with precomputed responses.
   Generator: `bench/loadgen.py`, open loop: requests are released on a fixed-rate or Poisson schedule,
   never held back by slow responses, and latency is measured from the scheduled time. Every read is
   timestamped and every body is de-chunked and hashed (SHA-256) against the upstream's own bytes.
-- Scenario 1: one keep-alive connection per path, {c1_rate:g} req/s each at a fixed rate for
-  {c1_seconds:g} s, every path in the same window, their releases interleaved (direct, nginx, sluice,
-  sluice+chain, direct, ...; the order turned one place each round): the VM's stalls, milliseconds long
-  and bursty, land on every path alike instead of deciding whichever path's window they fell in.
+- Scenario 1: one keep-alive connection per path, {c1_requests:,} requests each at a fixed rate, every
+  path in the same window, their releases interleaved (direct, nginx, sluice, sluice+chain{extra_order},
+  direct, ...; the order turned one place each round) at {c1_rate_all:g} a second in all, however many
+  paths run ({c1_rate:g} req/s each for {c1_seconds:g} s here): the VM's stalls, milliseconds long and
+  bursty, land on every path alike instead of deciding whichever path's window they fell in, and the
+  proxies, which share a core, seldom overlap.
 - Scenario 2: a {tput_probe_seconds:g} s closed-loop probe on 64 connections estimates saturation;
   open-loop Poisson steps of {tput_step_seconds:g} s then descend through {fractions} of it until
   one has p99 < {p99_limit:g} ms and no error; {tput_refinements} bisection steps then narrow the gap
@@ -209,10 +315,10 @@ _METHOD = """\
   VM one stall of a few tens of ms fails a one-second step by itself. The chain's cost is taken
   apart, from {chain_pairs} groups of four {chain_pair_seconds:g} s closed-loop windows (64 connections)
   on sluice and sluice+chain, A B B A then B A A B: 1 - the median of the groups' rate ratios. Each
-  path's search takes a minute, and the VM's speed drifts by tens of percent over that.
-- Scenario 3: {stream_rate:g} new streams/s a path for {stream_seconds:g} s, each {stream_chunks} SSE
-  events {stream_interval_ms:g} ms apart (the first one with the headers), interleaved across the paths
-  like scenario 1.
+  path's search takes a minute, and the VM's speed drifts by tens of percent over that.{baseline_pairs_text}
+- Scenario 3: {stream_count} streams a path, each {stream_chunks} SSE events {stream_interval_ms:g} ms
+  apart (the first one with the headers), started at {stream_rate_all:g} a second in all, interleaved
+  across the paths like scenario 1 ({stream_rate:g} a second each for {stream_seconds:g} s here).
 - Scenario 4: N streams started evenly over {sweep_ramp_seconds:g} s, each {sweep_chunks} events
   {sweep_interval_ms:g} ms apart: slower pacing than scenario 3, so that 5,000 streams stay within what
   the single harness core can send and read. A stall is a gap of {stall:g} ms or more. CPU per chunk
@@ -222,9 +328,43 @@ _METHOD = """\
 """
 
 
-def _method(meta: dict[str, Any]) -> list[str]:
+def _method(meta: dict[str, Any], raw: dict[str, Any]) -> list[str]:
     # Results from before these were settings: one refinement step, no pairs.
-    p = {"tput_refinements": 1, "chain_pairs": 0, "chain_pair_seconds": 0, **meta["plan"]}
+    defaults = {"tput_refinements": 1, "chain_pairs": 0, "chain_pair_seconds": 0, "baseline_pairs": 0}
+    p = {**defaults, **meta["plan"]}
+    # Scenarios 1 and 3 as run: per path, and in all (older results gave the rate per path).
+    for scenario, all_key, count_key, rate_key, seconds_key in (
+        ("latency_c1", "c1_rate_all", "c1_requests", "c1_rate", "c1_seconds"),
+        ("streaming", "stream_rate_all", "stream_count", "stream_rate", "stream_seconds"),
+    ):
+        n = len(raw.get(scenario, {})) or 4
+        if all_key in p:
+            p[rate_key] = p[all_key] / n
+            p[seconds_key] = p[count_key] / p[rate_key]
+        else:
+            p[all_key], p[count_key] = p[rate_key] * n, round(p[rate_key] * p[seconds_key])
+    present = {name for rounds in raw.values() if isinstance(rounds, dict) for name in rounds}
+    p["extra_order"] = "".join(f", {x}" for x in (STOCK, BASELINE) if x in present)
+    extra = []
+    if STOCK in present:
+        extra.append(
+            "sluice-stock: like sluice, with `SLUICE_HTTP=stock` (uvicorn's own httptools protocol and "
+            f"aiohttp's client in place of Sluice's own), in {_scenarios(raw, STOCK)}."
+        )
+    if BASELINE in present:
+        extra.append(
+            "sluice@baseline: like sluice (the same environment, core and single worker), run by the "
+            "same Python with `cwd` and `PYTHONPATH` set to the baseline tree, whose banner must say "
+            "`compiled` and whose memory map must show its own extension modules and no other tree's, "
+            f"in {_scenarios(raw, BASELINE)}."
+        )
+    p["extra_paths"] = "".join("\n" + "\n".join(_wrap("- " + x)) for x in extra)
+    p["baseline_pairs_text"] = (
+        "\n  Sluice ÷ baseline is taken the same way, from "
+        f"{p['baseline_pairs']} groups of four such windows on sluice and sluice@baseline."
+        if "baseline_pairs" in raw
+        else ""
+    )
     text = _METHOD.format(
         proxy_core=PROXY_CORE,
         harness_core=HARNESS_CORE,
@@ -236,9 +376,21 @@ def _method(meta: dict[str, Any]) -> list[str]:
     return [*text.splitlines(), ""]
 
 
+def _scenarios(raw: dict[str, Any], path: str) -> str:
+    names = {"latency_c1": "1", "throughput": "2", "streaming": "3", "sweep": "4", "memory": "5"}
+    ran = [n for key, n in names.items() if isinstance(raw.get(key), dict) and path in raw[key]]
+    if not ran:
+        return "no scenario"
+    return "scenario " + ran[0] if len(ran) == 1 else "scenarios " + ", ".join(ran[:-1]) + " and " + ran[-1]
+
+
+def _wrap(text: str, width: int = 100) -> list[str]:
+    return textwrap.wrap(text, width, subsequent_indent="  ", break_on_hyphens=False)
+
+
 def markdown(meta: dict[str, Any], raw: dict[str, Any], summary: dict[str, Any], pngs: list[Path]) -> str:
-    lines = _header(meta) + _targets(summary["rows"]) + _table(summary["rows"])
-    lines += _harness(summary, raw, meta) + _profile(raw.get("profile")) + _method(meta)
+    lines = _header(meta) + _targets(summary["rows"]) + _transports(summary["rows"]) + _table(summary["rows"])
+    lines += _harness(summary, raw, meta) + _profile(raw.get("profile")) + _method(meta, raw)
     lines += ["## Charts", ""] + [f"![{p.stem}]({p.name})" for p in pngs] + [""]
     return "\n".join(lines)
 

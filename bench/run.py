@@ -1,6 +1,7 @@
 """Sluice's benchmark suite (issue 7): ``make bench``, or
 
     .venv/bin/python -m bench.run [--quick] [--rounds N] [--only c1,tput,stream,sweep,memory]
+                                  [--baseline-tree DIR]
 
 Runs direct, nginx, Sluice and Sluice with its default middleware chain in
 interleaved rounds: the low-load scenarios (1 and 3) send every path's
@@ -8,6 +9,14 @@ requests in one window, interleaved request by request; the others measure
 each path once per round, in turn. The proxy under test runs
 on core 0, the load generator (this process) and the upstream on core 1.
 Writes ``bench/results/results.json``, ``results.md`` and PNG charts.
+
+Two more Sluice paths (``paths.py``) run in some scenarios only, to keep the
+run within its ten minutes: ``sluice-stock`` (``SLUICE_HTTP=stock``) in
+``STOCK_SCENARIOS``, and, with ``--baseline-tree DIR``, ``sluice@baseline``
+(another checkout's code, otherwise exactly like ``sluice``) in
+``BASELINE_SCENARIOS``, plus groups of paired saturation windows against
+``sluice`` like the chain's, from which the report says whether Sluice kept
+within 10 % of the baseline. ``make bench BENCH_ARGS="--baseline-tree DIR"``.
 """
 
 from __future__ import annotations
@@ -30,18 +39,20 @@ import uvloop
 
 from . import machine, paths, report
 from .meter import wait_quiet
-from .paths import Target
+from .paths import REPO, Target
 from .profile import profile
 from .scenarios import Plan, Wires, idle_memory, latency_c1, saturation, streaming, sweep_level, throughput
 
 SCENARIOS = ("c1", "tput", "stream", "sweep", "memory")
+STOCK_SCENARIOS = frozenset({"c1", "tput", "stream"})
+BASELINE_SCENARIOS = frozenset({"c1", "tput"})
 
 QUICK = Plan(
     rounds=1,
-    c1_seconds=2.0,
+    c1_requests=300,
     tput_probe_seconds=0.7,
     tput_step_seconds=1.0,
-    stream_seconds=1.5,
+    stream_count=24,
     sweep_levels=(1, 100, 1000, 5000),
     sweep_rounds=1,
     sweep_chunks=6,
@@ -49,6 +60,7 @@ QUICK = Plan(
     idle_streams=3000,
     chain_pairs=2,
     chain_pair_seconds=1.0,
+    baseline_pairs=2,
 )
 
 _t0 = time.monotonic()
@@ -144,17 +156,21 @@ async def interleaved(
     return out
 
 
-async def chain_pairs(targets: list[Target], plan: Plan, wires: Wires) -> dict[str, list[dict[str, Any]]]:
-    """Sluice and Sluice+chain at saturation, in ``plan.chain_pairs`` groups of four windows.
+async def paired_groups(
+    label: str, targets: list[Target], groups: int, plan: Plan, wires: Wires
+) -> dict[str, list[dict[str, Any]]]:
+    """Two paths at saturation, in ``groups`` groups of four windows.
 
     Each group runs A B B A (the next B A A B): whichever window of a group
     comes first or last, each path has one of each, so neither a drift of
     the machine's speed across the group nor the order favours a path. (In
     plain pairs the path measured second ran 6-10 % faster, whichever it was.)
-    Each path gets two windows a group, in order.
+    Each path gets two windows a group, in order. Sluice against Sluice+chain
+    (``plan.chain_pairs`` groups), and against the baseline tree
+    (``plan.baseline_pairs``).
     """
     out: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
-    for group in range(plan.chain_pairs):
+    for group in range(groups):
         a, b = targets if group % 2 == 0 else targets[::-1]
         for t in (a, b, b, a):
             res = await measured(lambda t=t: saturation(t, plan, wires))  # type: ignore[misc]
@@ -162,7 +178,7 @@ async def chain_pairs(targets: list[Target], plan: Plan, wires: Wires) -> dict[s
         rates = "  ".join(
             f"{t.name} {out[t.name][-2]['rps']:,.0f}+{out[t.name][-1]['rps']:,.0f}" for t in targets
         )
-        log(f"chain group {group + 1}/{plan.chain_pairs}: {rates} req/s")
+        log(f"{label} group {group + 1}/{groups}: {rates} req/s")
     return out
 
 
@@ -178,7 +194,9 @@ def idle_stream_count(wanted: int) -> tuple[int, str | None]:
     )
 
 
-async def memory(workdir: Path, upstream: Target, keys: Path, wires: Wires, plan: Plan) -> dict[str, Any]:
+async def memory(
+    workdir: Path, upstream: Target, keys: Path, wires: Wires, plan: Plan, baseline: Path | None
+) -> dict[str, Any]:
     """Fresh processes, one at a time, so each starts from its own baseline."""
     n, capped = idle_stream_count(plan.idle_streams)
     out: dict[str, Any] = {"requested": plan.idle_streams, "held_target": n, "capped_because": capped}
@@ -187,6 +205,14 @@ async def memory(workdir: Path, upstream: Target, keys: Path, wires: Wires, plan
         "sluice": lambda: paths.start_sluice(workdir / "mem", upstream.port),
         "sluice+chain": lambda: paths.start_sluice(workdir / "mem", upstream.port, keys),
     }
+    if "memory" in STOCK_SCENARIOS:
+        starters["sluice-stock"] = lambda: paths.start_sluice(
+            workdir / "mem", upstream.port, transport="stock"
+        )
+    if "memory" in BASELINE_SCENARIOS and baseline is not None:
+        starters["sluice@baseline"] = lambda: paths.start_sluice(
+            workdir / "mem", upstream.port, tree=baseline
+        )
     for name, start in starters.items():
         target = start()
         try:
@@ -198,8 +224,28 @@ async def memory(workdir: Path, upstream: Target, keys: Path, wires: Wires, plan
     return out
 
 
+def _in(scenario: str, targets: list[Target]) -> list[Target]:
+    """The paths a scenario measures: the four always, the stock and baseline paths where listed."""
+    return [
+        t
+        for t in targets
+        if (t.name != "sluice-stock" or scenario in STOCK_SCENARIOS)
+        and (t.name != "sluice@baseline" or scenario in BASELINE_SCENARIOS)
+    ]
+
+
+def _named(targets: list[Target], *names: str) -> list[Target]:
+    return [next(t for t in targets if t.name == n) for n in names]
+
+
 async def orchestrate(
-    plan: Plan, workdir: Path, only: set[str], out_dir: Path, do_profile: bool
+    plan: Plan,
+    workdir: Path,
+    only: set[str],
+    out_dir: Path,
+    do_profile: bool,
+    baseline: Path | None,
+    meta: dict[str, Any],
 ) -> dict[str, Any]:
     upstream = paths.start_upstream(workdir)
     keys = workdir / "keys.toml"
@@ -207,17 +253,24 @@ async def orchestrate(
     targets = [paths.direct(upstream)]
     raw: dict[str, Any] = {}
     try:
+        # The four paths first, in their order of old: the rounds measure them as before.
         targets += [
             paths.start_nginx(workdir, upstream.port),
             paths.start_sluice(workdir, upstream.port),
             paths.start_sluice(workdir, upstream.port, keys),
+            paths.start_sluice(workdir, upstream.port, transport="stock"),
         ]
+        if baseline is not None:
+            target = paths.start_sluice(workdir, upstream.port, tree=baseline)
+            targets.append(target)
+            meta["baseline_compiled_modules"] = len(target.modules)
+            log(f"sluice@baseline runs {len(target.modules)} compiled modules of {baseline}")
         log("started: " + ", ".join(f"{t.name} :{t.port}" for t in targets))
         gc.freeze()  # what exists now never needs scanning again
         if "c1" in only:
             raw["latency_c1"] = await interleaved(
                 "c1",
-                targets,
+                _in("c1", targets),
                 plan.rounds,
                 lambda order: latency_c1(order, plan, wires),
                 lambda x: f"p50 {x['p50']:.3f} ms p99 {x['p99']:.3f} ms errors {x['errors']}",
@@ -225,7 +278,7 @@ async def orchestrate(
         if "tput" in only:
             raw["throughput"] = await in_rounds(
                 "tput",
-                targets,
+                _in("tput", targets),
                 plan.rounds,
                 lambda t, r: throughput(t, plan, wires, seed=1000 * r),
                 lambda x: (
@@ -233,12 +286,17 @@ async def orchestrate(
                     f"closed loop {x['closed_loop_rps']:,.0f}"
                 ),
             )
-            sluices = [t for t in targets if t.name.startswith("sluice")]
-            raw["chain_pairs"] = await chain_pairs(sluices, plan, wires)
+            raw["chain_pairs"] = await paired_groups(
+                "chain", _named(targets, "sluice", "sluice+chain"), plan.chain_pairs, plan, wires
+            )
+            if baseline is not None and plan.baseline_pairs:
+                raw["baseline_pairs"] = await paired_groups(
+                    "baseline", _named(targets, "sluice", "sluice@baseline"), plan.baseline_pairs, plan, wires
+                )
         if "stream" in only:
             raw["streaming"] = await interleaved(
                 "stream",
-                targets,
+                _in("stream", targets),
                 plan.rounds,
                 lambda order: streaming(order, plan, wires),
                 lambda x: (
@@ -247,11 +305,12 @@ async def orchestrate(
                 ),
             )
         if "sweep" in only:
-            sweep: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {} for t in targets}
+            swept = _in("sweep", targets)
+            sweep: dict[str, dict[str, list[dict[str, Any]]]] = {t.name: {} for t in swept}
             for level in plan.sweep_levels:
                 res = await in_rounds(
                     f"sweep {level:>5}",
-                    targets,
+                    swept,
                     plan.sweep_rounds,
                     lambda t, r, level=level: sweep_level(t, plan, wires, level),  # type: ignore[misc]
                     lambda x: (
@@ -267,7 +326,7 @@ async def orchestrate(
             if t.name != "sluice" or not do_profile or sluice_rate is None:
                 t.stop()
         if "memory" in only:
-            raw["memory"] = await memory(workdir, upstream, keys, wires, plan)
+            raw["memory"] = await memory(workdir, upstream, keys, wires, plan, baseline)
         if do_profile and sluice_rate is not None and time.monotonic() - _t0 > PROFILE_SKIP_AFTER_S:
             log("skipping the py-spy profile: the run is already long (a busy machine)")
         elif do_profile and sluice_rate is not None:
@@ -310,10 +369,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile of Sluice")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        metavar="DIR",
+        help="add the path sluice@baseline: the Sluice checkout DIR (built in place: `make native` there), "
+        "run like sluice, compared with it in the throughput scenario",
+    )
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
     if unknown := only - set(SCENARIOS):
         parser.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+    baseline: Path | None = None
+    if args.baseline_tree is not None:
+        baseline = args.baseline_tree.resolve()
+        if not (baseline / "proxy" / "__init__.py").is_file():
+            parser.error(
+                f"--baseline-tree {args.baseline_tree}: no Sluice checkout there (no proxy/__init__.py)"
+            )
+        if baseline == REPO:
+            log("note: the baseline tree is this tree: an A/A comparison")
     plan = QUICK if args.quick else Plan()
     RetryBudget.seconds = 15.0 if args.quick else 45.0
     if args.rounds:
@@ -325,9 +400,15 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine.facts()
     if facts["sluice_compiled"] is False:
         log("WARNING: Sluice will run interpreted (a missing or stale build): `make native` first")
+    if baseline is not None:
+        facts.update(machine.baseline_facts(baseline))
+        log(f"baseline: {facts['baseline_commit']} {facts['baseline_subject']!r} ({baseline})")
     started = time.monotonic()
     try:
-        raw = uvloop.run(orchestrate(plan, workdir, only, args.out, not args.no_profile))
+        raw = uvloop.run(orchestrate(plan, workdir, only, args.out, not args.no_profile, baseline, facts))
+    except paths.BaselineError as e:
+        log(f"ERROR: {e}")
+        return 1
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)

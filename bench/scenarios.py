@@ -38,8 +38,12 @@ class Plan:
     """How long and how hard each scenario runs (``--quick`` shrinks it)."""
 
     rounds: int = 3
-    c1_rate: float = 150.0  # requests/s on each path's one connection, the paths interleaved
-    c1_seconds: float = 8.0
+    # Scenarios 1 and 3 release the paths' requests interleaved, at a total
+    # rate that does not depend on how many paths run: the proxies share a
+    # core, and their requests must seldom overlap however many there are.
+    # With four paths this is 150 requests/s a path for 8 s.
+    c1_rate_all: float = 600.0  # requests/s, all paths together (one every 1.7 ms)
+    c1_requests: int = 1200  # a path's requests in a round, on its one connection
     tput_probe_seconds: float = 0.7
     tput_step_seconds: float = 1.0
     tput_fractions: tuple[float, ...] = (0.85, 0.7, 0.55, 0.4, 0.25, 0.1)
@@ -54,14 +58,24 @@ class Plan:
     chain_pair_seconds: float = 2.0
     stream_chunks: int = 64
     stream_interval_ms: float = 20.0
-    stream_rate: float = 15.0  # new streams/s a path: about 19 open at once, 960 chunks/s
-    stream_seconds: float = 10.0
+    # New streams/s, all paths together; with four paths 15 a path for 10 s, each path
+    # about 19 streams open at once, 960 chunks/s.
+    stream_rate_all: float = 60.0
+    stream_count: int = 150  # a path's streams in a round
     sweep_levels: tuple[int, ...] = (1, 100, 1000, 5000)
     sweep_rounds: int = 2
     sweep_chunks: int = 8
     sweep_interval_ms: float = 200.0
     sweep_ramp_seconds: float = 0.8
     idle_streams: int = 10_000
+    # sluice against sluice@baseline (--baseline-tree), measured like the chain:
+    # groups of four closed-loop windows, A B B A then B A A B.
+    baseline_pairs: int = 4  # 4 x 4 windows of 2 s: enough for a 10 % verdict, and the run stays short
+
+    def per_path(self, rate_all: float, count: int, paths: int) -> tuple[float, float]:
+        """A path's rate and the window's length when ``paths`` paths share ``rate_all``."""
+        # Half a release more, so that rounding never drops a path's last one.
+        return rate_all / paths, (count * paths + 0.5) / rate_all
 
 
 @dataclass(frozen=True)
@@ -159,17 +173,16 @@ async def latency_c1(targets: Sequence[Target], plan: Plan, wires: Wires) -> dic
     """Scenario 1: small JSON on one keep-alive connection per path, fixed-rate arrivals.
 
     The paths are measured together, their releases interleaved (direct,
-    nginx, Sluice, chain, direct, ...; ``plan.c1_rate`` a second each).
-    At ``plan.c1_rate`` the next path's request is released 1.7 ms after the
-    last one's (a proxied answer's p50 is under 0.6 ms here): the proxies,
-    which share a core, seldom overlap.
+    nginx, Sluice, chain, direct, ...; ``plan.c1_rate_all`` a second in all,
+    ``plan.c1_requests`` a path). At 600 a second the next path's request is
+    released 1.7 ms after the last one's (a proxied answer's p50 is under
+    0.6 ms here): the proxies, which share a core, seldom overlap.
     """
     for t in targets:
         await _warm(t, wires.json)
+    rate, seconds = plan.per_path(plan.c1_rate_all, plan.c1_requests, len(targets))
     # One connection a path: a late response delays the next, and counts.
-    window = await _interleaved_window(
-        targets, lambda t: Req(wires.json, t), plan.c1_rate, plan.c1_seconds, 1, 1, 10.0
-    )
+    window = await _interleaved_window(targets, lambda t: Req(wires.json, t), rate, seconds, 1, 1, 10.0)
     out: dict[str, dict[str, Any]] = {}
     for t, mine, meter in window:
         lat = [r.latency for r in mine if r.ok]
@@ -315,18 +328,19 @@ async def streaming(targets: Sequence[Target], plan: Plan, wires: Wires) -> dict
     """Scenario 3: paced streams at low load: TTFB, inter-chunk gaps, no coalescing, byte identity.
 
     Interleaved like scenario 1: stream starts go to the paths in turn,
-    ``plan.stream_rate`` a second each, so a stall hits every path's streams.
+    ``plan.stream_rate_all`` a second in all, so a stall hits every path's streams.
     """
     for t in targets:
         await _warm(t, wires.json, 50)
     stream_s = plan.stream_chunks * plan.stream_interval_ms / 1e3
+    rate, seconds = plan.per_path(plan.stream_rate_all, plan.stream_count, len(targets))
     window = await _interleaved_window(
         targets,
         lambda t: Req(wires.stream, t, track_events=True),
-        plan.stream_rate,
-        plan.stream_seconds,
+        rate,
+        seconds,
         256,
-        math.ceil(plan.stream_rate * stream_s) + 8,
+        math.ceil(rate * stream_s) + 8,
         stream_s + 10,
     )
     out: dict[str, dict[str, Any]] = {}
