@@ -73,8 +73,8 @@ def _baseline_header(meta: dict[str, Any]) -> list[str]:
     return [
         f"| Baseline (`sluice@baseline`) | `{meta['baseline_commit']}` {meta['baseline_subject']}"
         + (f" + {dirty} uncommitted file(s) in proxy/" if dirty else "")
-        + f", from `{meta['baseline_tree']}`; compiled ({modules} of its extension modules loaded, "
-        "checked in the process) |"
+        # The commit names the code; the checkout's path says nothing to a reader elsewhere.
+        + f"; compiled ({modules} of its extension modules loaded, checked in the process) |"
     ]
 
 
