@@ -45,8 +45,8 @@ logger = logging.getLogger("sluice.passthrough")
 # Why an exchange cancelled its own task before its end.
 StopReason = Literal["client_left", "shutdown", "headers_timeout"]
 # How far the answer has got: nothing sent yet; the status went out; the
-# final body message is being sent (too late to cut it short).
-Phase = Literal["request", "response", "ending"]
+# final body message is being sent (too late to cut it short); over.
+Phase = Literal["request", "response", "ending", "done"]
 
 
 class Passthrough:
@@ -172,6 +172,7 @@ class _Exchange:
             if self.stop == "shutdown":
                 await self._after_abort()
         finally:
+            self.phase = "done"
             if self.stop == "client_left":
                 self.ctx.outcome, self.ctx.detail = "client_disconnected", None
             if self.watch is not None:
@@ -184,7 +185,14 @@ class _Exchange:
 
     def _stop(self, reason: StopReason) -> None:
         """Cancel this request's task, saying why; the first reason stands."""
-        if self.stop is None and self.phase != "ending" and self.task is not None and not self.task.done():
+        phase = self.phase
+        if (
+            self.stop is None
+            and phase != "ending"
+            and phase != "done"
+            and self.task is not None
+            and not self.task.done()
+        ):
             self.stop = reason
             self.task.cancel()
 
@@ -192,7 +200,9 @@ class _Exchange:
         self._stop("client_left")
 
     def _watch_for_disconnect(self) -> None:
-        if self.watch is None:
+        # Not once the exchange is over: an upload the stock client still
+        # sends after the answer ended would start a watch nobody stops.
+        if self.watch is None and self.phase != "done":
             self.watch = DisconnectWatch(self.scope, self.receive, self._client_left, self.loop)
 
     async def _answer_error(self, status: int, message: str, extra: Headers | None = None) -> None:
