@@ -57,6 +57,7 @@ def test_keys_never_appear_in_repr() -> None:
         ("SLUICE_POOL_SIZE", "0"),
         ("SLUICE_LOG_LEVEL", "loud"),
         ("SLUICE_AUTH", "maybe"),
+        ("SLUICE_HTTP", "quick"),
         ("SLUICE_OPENAI_UPSTREAM", "ftp://example.com"),
         ("SLUICE_GEMINI_UPSTREAM", "http://user:pw@example.com"),
         ("SLUICE_ANTHROPIC_UPSTREAM", "http://example.com/?x=1"),
@@ -83,6 +84,13 @@ def test_non_loopback_needs_an_explicit_decision() -> None:
 def test_cli_flags_override_environment() -> None:
     s = load_settings({"SLUICE_PORT": "9001"}, port=9002, host=None)
     assert s.port == 9002
+
+
+def test_the_transport_is_fast_unless_stock_is_asked_for() -> None:
+    assert load_settings({}).http == "fast"
+    assert load_settings({"SLUICE_HTTP": "Stock"}).http == "stock"
+    assert load_settings({"SLUICE_HTTP": "stock"}, http="fast").http == "fast"  # --http wins
+    assert load_settings({}, http=None).http == "fast"
 
 
 def test_env_file_is_read_under_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
