@@ -273,3 +273,9 @@ async def test_a_cut_stream_is_logged_as_sluice_warns_not_as_a_server_error(
         log = both[mode].log()
         assert "aborting the client response" in log  # Sluice's own warning, with the reason
         assert "ERROR" not in log, f"{mode}: {log}"  # uvicorn's "without completing response" is DEBUG
+
+
+def test_each_sluice_says_which_transport_it_runs(both: dict[str, SluiceProcess]) -> None:
+    # The comparisons above mean something only if the two really run different transports.
+    for mode in ("fast", "stock"):
+        assert f"(1 worker, {mode}, " in both[mode].log()
