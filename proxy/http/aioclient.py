@@ -366,12 +366,7 @@ class AiohttpClient:
         body: Body = None,
         length: int | None = None,
     ) -> AiohttpResponse:
-        """:meth:`.interface.Client.request`, with the fast client's retry of a stale connection.
-
-        A kept-alive connection the upstream closed just as it was reused
-        fails before a byte of response; then the request (if its body is
-        bytes, so it can be sent again) goes once more on a new connection.
-        """
+        """:meth:`.interface.Client.request`, through aiohttp (see the module's notes)."""
         session = self._session
         if session is None:
             raise RuntimeError("the upstream client is not open")

@@ -497,12 +497,7 @@ class ConnectionPool:
         body: Body = None,
         length: int | None = None,
     ) -> Response:
-        """:meth:`.interface.Client.request`.
-
-        A kept-alive connection the upstream closed just as it was reused
-        fails before a byte of response; then the request (if its body is
-        bytes, so it can be sent again) goes once more on a new connection.
-        """
+        """:meth:`.interface.Client.request`."""
         head = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\nhost: ", origin.host_header, b"\r\n"]
         for name, value in headers:
             head += (name, b": ", value, b"\r\n")

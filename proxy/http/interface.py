@@ -146,6 +146,12 @@ class Client(Protocol):
         writes them. A streamed ``body`` is sent with ``length`` as its
         ``Content-Length``, or chunked when ``length`` is None. Cancelling the
         call drops the connection.
+
+        A kept-alive connection the upstream closed just as it was reused
+        fails before a byte of response; then the request, if its body is
+        bytes (so it can be sent again), goes once more on another
+        connection. A request that went out on a fresh connection is never
+        sent twice.
         """
         ...
 
