@@ -58,7 +58,7 @@ $(NATIVE): $(VENV)/.run-installed setup.py $(PY_SOURCES)
 	@find proxy -name '*.so' -delete
 	@$(BIN)/python setup.py build_ext --inplace --build-temp build/inplace >build/native.log 2>&1 \
 	  || { tail -30 build/native.log; exit 1; }
-	@# setuptools copies an unchanged extension with its old time; proxy/native.py
+	@# setuptools copies an unchanged extension with its old time; proxy/http/native.py
 	@# compares times to spot a stale build, so mark them all as built now.
 	@find proxy -name '*.so' -exec touch {} +
 	@touch $@

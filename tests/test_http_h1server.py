@@ -1,4 +1,4 @@
-"""The HTTP/1.1 server protocol (proxy/h1server.py) under a real uvicorn, over loopback sockets.
+"""The HTTP/1.1 server protocol (proxy/http/h1server.py) under a real uvicorn, over loopback sockets.
 
 H1Protocol replaces uvicorn's HttpToolsProtocol and must behave like it on
 the wire: these tests are black-box. Each starts ``uvicorn.Server`` with
