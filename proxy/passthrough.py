@@ -105,10 +105,6 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def _text(value: bytes | None) -> str | None:
-    return value.decode("latin-1") if value is not None else None
-
-
 def _content_length(headers: Headers) -> int | None:
     for name, value in headers:
         if name == b"content-length":
@@ -335,7 +331,7 @@ class _Exchange:
                 await asyncio.sleep(min(0.1 * 2 ** (connect_failures - 1), 2.0))
                 index = (index + 1) % len(candidates)
                 continue
-            if pool.judge(cred, response.status, _text(response.header(b"retry-after"))):
+            if pool.judge(cred, response):
                 if replayable and not last:
                     response.close()
                     index += 1

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from .config import Upstream
 from .credentials import CredentialSpec
-from .http import Origin
+from .http import Origin, Response
 from .metrics import Metrics
 from .routing import Route, strip_query_credentials
 from .vertex import VertexToken, gemini_path, vertex_path
@@ -158,24 +158,26 @@ class CredentialPool:
             self.cooldown,
         )
 
-    def throttled(self, cred: Credential, retry_after: str | None) -> None:
+    def throttled(self, cred: Credential, retry_after: bytes | None) -> None:
         seconds = _seconds(retry_after)
         self._set(cred, "cooling", seconds, "429")
         logger.warning(
             "%s credential %r rate-limited upstream: cooling for %gs", self.provider, cred.label, seconds
         )
 
-    def judge(self, cred: Credential, status: int, retry_after: str | None) -> bool:
-        """Record what an upstream status says about ``cred``.
+    def judge(self, cred: Credential, response: Response) -> bool:
+        """Record what an upstream response's status says about ``cred``.
 
         True when the credential itself was turned away (401/403: failed;
-        429: cooling), so the request belongs on the next credential.
+        429: cooling for its ``retry-after``), so the request belongs on the
+        next credential.
         """
-        if status in (401, 403):
+        status = response.status
+        if status == 401 or status == 403:
             self.refused(cred, str(status))
             return True
         if status == 429:
-            self.throttled(cred, retry_after)
+            self.throttled(cred, response.header(b"retry-after"))
             return True
         return False
 
@@ -199,7 +201,7 @@ class CredentialPool:
         ]
 
 
-def _seconds(retry_after: str | None) -> float:
+def _seconds(retry_after: bytes | None) -> float:
     try:
         value = float(retry_after) if retry_after else DEFAULT_RETRY_AFTER
     except ValueError:

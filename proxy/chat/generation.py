@@ -213,10 +213,7 @@ class Generation:
             response = await self._client.request(
                 destination.origin, "POST", destination.target, [*headers, auth], native.body
             )
-            retry_after = response.header(b"retry-after")
-            if not self._pool.judge(
-                cred, response.status, None if retry_after is None else retry_after.decode("latin-1")
-            ):
+            if not self._pool.judge(cred, response):
                 return response
             if not last:
                 response.close()
