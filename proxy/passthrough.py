@@ -222,13 +222,13 @@ class _Exchange:
         body = await self._request_body(first)
         if body is None:
             return
-        data, replayable = body
+        data, replayable, length = body
         headers = upstream_request_headers(request_headers(self.scope))
         # Time to headers counts from here, so it includes the upload and any
         # failover attempts: a timer that cancels this task.
         timer = self.loop.call_later(self.owner.settings.headers_timeout, self._stop, "headers_timeout")
         try:
-            response = await self._attempts(headers, data, replayable)
+            response = await self._attempts(headers, data, replayable, length)
         except _Refused as refused:
             await self._refused_credential(refused.reason)
             return
@@ -253,8 +253,9 @@ class _Exchange:
             # what tells the upstream to stop generating.
             response.close()
 
-    async def _request_body(self, first: Message) -> tuple[Body, bool] | None:
-        """The body to send, and whether it can be sent again on another credential.
+    async def _request_body(self, first: Message) -> tuple[Body, bool, int | None] | None:
+        """The body to send, whether it can be sent again on another credential,
+        and a streamed body's declared length.
 
         None if the client left before the body was whole.
         """
@@ -265,7 +266,7 @@ class _Exchange:
             # The whole body is already here (always so for GET and small
             # JSON requests): send it as bytes and start watching right away.
             self._watch_for_disconnect()
-            return body or None, len(body) <= settings.retry_body_limit
+            return body or None, len(body) <= settings.retry_body_limit, None
         declared = _content_length(request_headers(self.scope))
         pool = self.owner.pools[self.route.provider]
         retries_possible = len(pool.credentials) > 1 or settings.connect_retries > 0
@@ -273,7 +274,7 @@ class _Exchange:
             # Streamed through with the client's Content-Length (or chunked
             # without one), and so never sent twice (README).
             upload = RequestBody(self.receive, body, self.ctx, self._watch_for_disconnect, self._client_left)
-            return upload, False
+            return upload, False, declared
         # Small enough to keep for a retry: read it whole first.
         parts = [body]
         while True:
@@ -286,9 +287,11 @@ class _Exchange:
             if not message.get("more_body", False):
                 break
         self._watch_for_disconnect()
-        return b"".join(parts), True
+        return b"".join(parts), True, None
 
-    async def _attempts(self, headers: Headers, data: Body, replayable: bool) -> Response | None:
+    async def _attempts(
+        self, headers: Headers, data: Body, replayable: bool, length: int | None
+    ) -> Response | None:
         """Try the pool's credentials in order until one gets a response worth relaying.
 
         Before any byte reaches the client only: a refused credential (401/403,
@@ -304,9 +307,6 @@ class _Exchange:
             return None
         client, settings = self.owner.client, self.owner.settings
         method: str = self.scope["method"]
-        length = (
-            None if isinstance(data, bytes) or data is None else _content_length(request_headers(self.scope))
-        )
         index, connect_failures = 0, 0
         while True:
             cred, destination = candidates[index]
