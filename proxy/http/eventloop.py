@@ -11,10 +11,10 @@ when they start while an exception is being handled.
   then reads as an exception and dereferences. The process dies with SIGSEGV.
   (Cython checks only for NULL. Later Pythons were not tried here.)
 - Interpreted code rarely meets this: the frame handling the exception holds
-  it until the block ends. mypyc-compiled coroutines (``README.md``
-  beside this module, "The compiled build") meet it as soon as a failure is delivered into them: they treat
-  an exception thrown in as being handled while it travels down the await
-  chain. A connection opened to fail over, or to retry, then starts with that
+  it until the block ends. mypyc-compiled coroutines (``README.md`` beside
+  this module, "The compiled build") meet it as soon as a failure is
+  delivered into them: they treat an exception thrown in as being handled
+  while it travels down the await chain. A connection opened to fail over, or to retry, then starts with that
   exception saved. That is how it was found: a Vertex token refusal, then
   ``create_connection`` for the next credential; google-auth's finaliser
   closing its requests session did the rest.
@@ -66,4 +66,4 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return Loop()
 
 
-UVICORN_LOOP = f"{__name__}:new_event_loop"  # uvicorn's `loop` setting (proxy/server.py)
+UVICORN_LOOP = f"{__name__}:new_event_loop"  # uvicorn's `loop` setting (server_options in __init__.py)
