@@ -13,9 +13,10 @@ ARGS   ?=
 
 # Debian packages the tests run for real, as command:package pairs: a Redis
 # server, nginx, openssl (test certificates) and systemd-analyze (checks the
-# unit file), chromium (the playground's browser test). Installed when missing;
+# unit file), chromium (the playground's browser test), node and npm (the
+# JavaScript SDKs' tests, tests/js). Installed when missing;
 # the tests fail rather than skip under CI.
-SYSTEM_PACKAGES := redis-server:redis-server nginx:nginx openssl:openssl systemd-analyze:systemd chromium:chromium
+SYSTEM_PACKAGES := redis-server:redis-server nginx:nginx openssl:openssl systemd-analyze:systemd chromium:chromium node:nodejs npm:npm
 
 # apt-get install of the packages that follow it in a recipe's shell line, as
 # root or through sudo.
@@ -104,7 +105,13 @@ PURE_TESTS := tests/test_headers.py tests/test_routing.py tests/test_usage.py te
 	tests/test_accesslog_line.py tests/test_limits.py \
 	tests/test_limits_window.py tests/test_gatekeeping.py tests/test_http_eventloop.py tests/test_failover.py \
 	tests/test_jsonread.py tests/test_metrics.py tests/test_auth.py
-unit: $(VENV)/.test-installed system-deps $(NATIVE)
+# The official JavaScript SDKs at the versions tests/js/package-lock.json pins.
+JS_DEPS := tests/js/node_modules/.installed
+$(JS_DEPS): tests/js/package-lock.json | system-deps
+	npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+	touch $@
+
+unit: $(VENV)/.test-installed system-deps $(NATIVE) $(JS_DEPS)
 	$(BIN)/pytest -q
 	SLUICE_PURE_PYTHON=1 $(BIN)/pytest -q $(PURE_TESTS)
 
