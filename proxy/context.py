@@ -170,6 +170,13 @@ def new_context(scope: Scope) -> RequestContext:
         path=raw_path[:512].decode("latin-1"),
         client=client[0] if client else None,
     )
+    if ctx.method in REFUSED_METHODS:
+        # TRACE echoes the request (headers included) back; CONNECT asks for a
+        # tunnel. Neither is a provider API call, and forwarding either would
+        # send the server-held key along.
+        ctx.provider = guess_provider(raw_path, headers)
+        ctx.path_error = (405, f"Sluice does not forward {ctx.method} requests.")
+        return ctx
     if raw_path.startswith(API_PREFIX):
         ctx.kind = "api"
         return ctx
@@ -190,6 +197,7 @@ def new_context(scope: Scope) -> RequestContext:
 
 
 API_PREFIX = b"/api/"
+REFUSED_METHODS: Final = frozenset({"TRACE", "CONNECT"})
 
 NO_ROUTE_MESSAGE = (
     "No provider serves this path. Use /openai/…, /gemini/…, /anthropic/… or an SDK's own "

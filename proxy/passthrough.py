@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import Literal
+from typing import Final, Literal
 
 from .asgi import Message, Receive, Scope, Send
 from .body import RequestBody
@@ -49,6 +49,10 @@ StopReason = Literal["client_left", "shutdown", "headers_timeout"]
 Phase = Literal["request", "response", "ending", "done"]
 
 
+_PATH_ERROR_DETAIL: Final = {400: "bad_path", 404: "no_route", 405: "bad_method"}
+_ALLOWED_METHODS: Final = b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+
+
 class Passthrough:
     """Raw ASGI endpoint forwarding every request to the provider its path names."""
 
@@ -71,8 +75,9 @@ class Passthrough:
         provider = ctx.provider or "openai"
         if ctx.path_error is not None or ctx.route is None:
             status, message = ctx.path_error or (404, NO_ROUTE_MESSAGE)
-            ctx.outcome, ctx.detail = "bad_request", "bad_path" if status == 400 else "no_route"
-            await send_error(send, provider, status, message)  # type: ignore[arg-type]
+            ctx.outcome, ctx.detail = "bad_request", _PATH_ERROR_DETAIL[status]
+            extra = [(b"allow", _ALLOWED_METHODS)] if status == 405 else ()
+            await send_error(send, provider, status, message, extra)  # type: ignore[arg-type]
             return
         upstream = self.settings.upstreams[ctx.route.provider]
         if not upstream.credentials:

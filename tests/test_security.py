@@ -69,6 +69,32 @@ async def test_absolute_form_targets_never_choose_the_upstream(
     assert len(mock.state.records) == 1
 
 
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("TRACE", "/v1/chat/completions"),
+        ("TRACE", "/v1beta/models/gemini-2.0-flash:generateContent"),
+        ("TRACE", "/api/chat"),
+        ("CONNECT", "/v1/messages"),
+        ("CONNECT", "127.0.0.1:443"),
+    ],
+)
+async def test_trace_and_connect_are_refused_and_never_forwarded(
+    method: str, target: str, sluice: SluiceProcess, mock: MockHandle
+) -> None:
+    """Regression: both reached the upstream with the server-held key attached."""
+    headers = {"authorization": f"Bearer {CLIENT_KEY}", "x-goog-api-key": CLIENT_KEY}
+    response = await request(sluice.url, method, target, headers, b"")
+    # uvicorn's protocol may refuse an authority-form CONNECT target itself, before the app.
+    if method == "CONNECT" and not target.startswith("/"):
+        assert response.status in (400, 405)
+    else:
+        assert response.status == 405
+        assert method in json.loads(response.body)["error"]["message"]
+        assert b"\r\nallow: get, head, post, put, patch, delete, options\r\n" in response.head.lower()
+    assert mock.state.records == []
+
+
 async def test_host_header_cannot_choose_the_upstream(sluice: SluiceProcess, mock: MockHandle) -> None:
     headers = {"authorization": f"Bearer {CLIENT_KEY}", "content-type": "application/json"}
     conn_headers = {**headers, "x-forwarded-host": "evil.example", "forwarded": "host=evil.example"}
