@@ -245,7 +245,7 @@ def sluice_env(upstream_port: int, access_log: str, keys_file: Path | None) -> d
 
 def create_bench_key(path: Path) -> str:
     """A client key whose limits exist (so they are counted) but never trigger."""
-    from proxy.keys import create_key
+    from proxy.keybook import create_key
     from proxy.limits import Limits
 
     return create_key(path, "bench", Limits(rpm=1_000_000_000, concurrency=1_000_000))

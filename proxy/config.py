@@ -22,6 +22,7 @@ from .credentials import CredentialError, CredentialSpec, from_env_value
 from .credentials import from_config as credentials_from_config
 from .forwarded import Network, parse_networks
 from .http import HTTP_MODES, HttpMode
+from .redisconn import SCHEMES as REDIS_SCHEMES
 
 ProviderName = Literal["openai", "gemini", "anthropic"]
 PROVIDERS: tuple[ProviderName, ...] = ("openai", "gemini", "anthropic")
@@ -144,7 +145,12 @@ class Settings:
 
     @property
     def auth_enforced(self) -> bool:
-        return self.auth != "off" and self.keys_file is not None
+        return self.auth != "off" and (self.keys_file is not None or self.redis_url is not None)
+
+    @property
+    def keys_in_redis(self) -> bool:
+        """Client keys live in Redis: no keys file, and a Redis to share them through."""
+        return self.auth_enforced and self.keys_file is None
 
 
 T = TypeVar("T")
@@ -345,8 +351,8 @@ def _check_aliases(aliases: Mapping[str, object]) -> dict[str, str]:
 
 
 def _redis_url(raw: str) -> str:
-    if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    if urlsplit(raw).scheme not in REDIS_SCHEMES:
+        raise ValueError("must be a redis://, rediss://, unix:// or redis+cluster:// URL")
     return raw
 
 
@@ -407,11 +413,12 @@ def _configured_credentials(
 def _check_exposure(settings: Settings) -> None:
     # Without client keys, anyone who can reach Sluice spends the provider
     # keys it holds. Listening beyond loopback without them must be a decision.
-    if settings.auth == "on" and settings.keys_file is None:
+    if settings.auth == "on" and not settings.auth_enforced:
         raise ConfigError(
-            "SLUICE_KEYS_FILE", "SLUICE_AUTH=on needs a keys file (create one with `sluice keys create`)"
+            "SLUICE_KEYS_FILE",
+            "SLUICE_AUTH=on needs a keys file or SLUICE_REDIS_URL (create keys with `sluice keys create`)",
         )
-    if not is_loopback(settings.host) and settings.auth == "auto" and settings.keys_file is None:
+    if not is_loopback(settings.host) and settings.auth == "auto" and not settings.auth_enforced:
         raise ConfigError(
             "SLUICE_HOST",
             f"{settings.host!r} is not a loopback address and no client keys are configured; "

@@ -27,6 +27,7 @@ import pytest
 
 from proxy.http import HTTP_MODES
 from proxy.mock import MockHandle, start_mock_in_thread
+from tests.redis_cluster import RedisCluster, redis_cluster_session
 from tests.redis_server import RedisServer, redis_server_session
 
 # Recognisable server-held keys: no response, header or log line may ever
@@ -190,3 +191,9 @@ def assert_no_canary(*texts: str | bytes) -> None:
         blob = text if isinstance(text, str) else text.decode("latin-1")
         for canary in CANARIES:
             assert canary not in blob, "a server-held key leaked"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A real three-master Redis Cluster on loopback (tests/redis_cluster.py)."""
+    yield from redis_cluster_session(tmp_path_factory)

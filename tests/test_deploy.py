@@ -28,7 +28,7 @@ from google import genai
 from google.genai import types as genai_types
 
 from proxy.config import load_settings
-from proxy.keys import create_key
+from proxy.keybook import create_key
 from proxy.limits import Limits
 from proxy.mock import MockHandle, mock_tokens
 from tests.accesslog import read_lines, wait_for_count, wait_for_line

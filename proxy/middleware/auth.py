@@ -81,11 +81,10 @@ class Auth:
         presented = presented_key(scope)
         key = self.keys.lookup(presented) if presented else None
         if key is None:
-            reason = "missing" if presented is None else "invalid"
-            message = (
-                "Missing API key: set api_key to a Sluice key (sk-sluice-…)."
+            reason, message = (
+                ("missing", "Missing API key: set api_key to a Sluice key (sk-sluice-…).")
                 if presented is None
-                else "Invalid API key: this Sluice key is unknown or revoked."
+                else self.keys.refusal(presented)
             )
             await self._reject(ctx, send, 401, reason, message)
             return
