@@ -84,6 +84,11 @@ def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     create.add_argument(
         "--expires", help="refused after this: a duration (30d, 12h) or a UTC date (2027-01-31)"
     )
+    create.add_argument("--force-model", help="provider/model every request of the key goes to")
+    create.add_argument("--default-model", help="provider/model for requests that name none")
+    create.add_argument(
+        "--max-output-tokens", type=_positive, help="cap on the output tokens a request asks for"
+    )
     actions.add_parser("list", help="list keys (never their secrets)")
     revoke = actions.add_parser("revoke", help="revoke a key; running servers notice within a second")
     revoke.add_argument("name")
@@ -129,7 +134,17 @@ def _keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             providers = tuple(args.providers) if args.providers else None
             models = tuple(args.models) if args.models else None
             expires = parse_expiry(args.expires) if args.expires else None
-            secret = create_key(book, args.name, limits, providers, models, expires)
+            secret = create_key(
+                book,
+                args.name,
+                limits,
+                providers,
+                models,
+                expires,
+                force_model=args.force_model,
+                default_model=args.default_model,
+                max_output_tokens=args.max_output_tokens,
+            )
             print(secret)
             print(
                 f"Key {args.name!r} created in {book.where}. The secret above is shown only now.",
@@ -164,6 +179,13 @@ def _print_keys(keys: Mapping[str, ClientKey]) -> None:
     for key in keys.values():
         lim = key.limits
         scope = f"{','.join(key.providers or ['*'])} / {','.join(key.models or ['*'])}"
+        for label, value in (
+            ("force", key.force_model),
+            ("default", key.default_model),
+            ("max out", key.max_output_tokens),
+        ):
+            if value is not None:
+                scope += f" ({label} {value})"
         print(
             f"{key.name:<20} {key.id:<14} {key.created:<21} {lim.rpm or '-':>6} {lim.tpm or '-':>9} "
             f"{lim.concurrency or '-':>5}  {scope}  {key_status(key, now)}"

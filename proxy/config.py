@@ -22,7 +22,6 @@ from .credentials import CredentialError, CredentialSpec, from_env_value
 from .credentials import from_config as credentials_from_config
 from .forwarded import Network, parse_networks
 from .http import HTTP_MODES, HttpMode
-from .redisconn import SCHEMES as REDIS_SCHEMES
 
 ProviderName = Literal["openai", "gemini", "anthropic"]
 PROVIDERS: tuple[ProviderName, ...] = ("openai", "gemini", "anthropic")
@@ -55,7 +54,7 @@ AuthMode = Literal["auto", "on", "off"]
 FailurePolicy = Literal["open", "closed"]
 
 # The default middleware chain, outermost first. See proxy/middleware.
-DEFAULT_CHAIN: tuple[str, ...] = ("access_log", "auth", "rate_limit")
+DEFAULT_CHAIN: tuple[str, ...] = ("access_log", "auth", "model_policy", "rate_limit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +141,8 @@ class Settings:
     http: HttpMode = "fast"
     mock: bool = False
     chat: ChatSettings = field(default_factory=ChatSettings)
+    # name -> "provider/model", rewritten on the passthrough (proxy/modelpolicy.py).
+    model_aliases: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def auth_enforced(self) -> bool:
@@ -287,6 +288,7 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
             env, "SLUICE_LOG_LEVEL", "info", _choice("critical", "error", "warning", "info", "debug")
         ),
         "http": _parse(env, "SLUICE_HTTP", "fast", _choice(*HTTP_MODES)),
+        "model_aliases": _parse(env, "SLUICE_MODEL_ALIASES", _NO_ALIASES, _aliases),
     }
     values["chat"] = _chat_settings(env)
     config_file = _parse(env, "SLUICE_CONFIG", None, Path)
@@ -296,6 +298,9 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
             chat: ChatSettings = values["chat"]  # type: ignore[assignment]
             aliases = {**file_values.pop("chat_aliases"), **chat.aliases}
             values["chat"] = dataclasses.replace(chat, aliases=aliases)
+        if "model_aliases" in file_values:  # likewise
+            model_aliases: dict[str, str] = values["model_aliases"]  # type: ignore[assignment]
+            values["model_aliases"] = {**file_values.pop("model_aliases"), **model_aliases}
         if "providers" in file_values:
             values["upstreams"] = _configured_credentials(
                 file_values.pop("providers"),
@@ -350,6 +355,12 @@ def _check_aliases(aliases: Mapping[str, object]) -> dict[str, str]:
     return {name: str(target) for name, target in aliases.items()}
 
 
+_NO_ALIASES: dict[str, str] = {}
+
+# A single server, or a Redis Cluster (any one node): see proxy/redisconn.py.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
 def _redis_url(raw: str) -> str:
     if urlsplit(raw).scheme not in REDIS_SCHEMES:
         raise ValueError("must be a redis://, rediss://, unix:// or redis+cluster:// URL")
@@ -366,8 +377,13 @@ def _load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError("SLUICE_CONFIG", f"{path} is not valid TOML: {exc}") from None
     middleware = data.get("middleware", {})
     chat = data.get("chat", {})
-    unknown = set(data) - {"middleware", "chat", "providers"} | set(middleware) - {"chain", "options"}
+    models = data.get("models", {})
+    unknown = set(data) - {"middleware", "chat", "models", "providers"} | set(middleware) - {
+        "chain",
+        "options",
+    }
     unknown |= {f"chat.{name}" for name in set(chat) - {"aliases"}} if isinstance(chat, dict) else set()
+    unknown |= {f"models.{name}" for name in set(models) - {"aliases"}} if isinstance(models, dict) else set()
     if unknown:
         raise ConfigError("SLUICE_CONFIG", f"unknown entries in {path}: {', '.join(sorted(unknown))}")
     values: dict[str, Any] = {}
@@ -380,6 +396,13 @@ def _load_config_file(path: Path) -> dict[str, Any]:
             values["chat_aliases"] = _check_aliases(chat["aliases"])
         except ValueError as exc:
             raise ConfigError("SLUICE_CONFIG", f"chat.aliases: {exc}") from None
+    if isinstance(models, dict) and "aliases" in models:
+        if not isinstance(models["aliases"], dict):
+            raise ConfigError("SLUICE_CONFIG", "models.aliases must map a name to a provider/model string")
+        try:
+            values["model_aliases"] = _check_aliases(models["aliases"])
+        except ValueError as exc:
+            raise ConfigError("SLUICE_CONFIG", f"models.aliases: {exc}") from None
     if "chain" in middleware:
         chain = middleware["chain"]
         if not isinstance(chain, list) or not all(isinstance(c, str) and c for c in chain):

@@ -27,6 +27,7 @@ from .keys import (
     ClientKey,
     KeyFileError,
     RetiredSecret,
+    check_target,
     epoch,
     hash_key,
     new_secret,
@@ -100,6 +101,10 @@ def create_key(
     providers: tuple[str, ...] | None = None,
     models: tuple[str, ...] | None = None,
     expires: str | None = None,
+    *,
+    force_model: str | None = None,
+    default_model: str | None = None,
+    max_output_tokens: int | None = None,
 ) -> str:
     """Add a key and return its secret, which is shown once and never stored."""
     if not name or any(c.isspace() or c in "\"'\\" for c in name):
@@ -112,7 +117,17 @@ def create_key(
             raise KeyFileError(f"a key named {name!r} exists; revoke it first")
         key_id, secret = new_secret()
         keys[name] = ClientKey(
-            name, key_id, hash_key(secret), now_text(), limits, providers, models, expires=expires
+            name,
+            key_id,
+            hash_key(secret),
+            now_text(),
+            limits,
+            providers,
+            models,
+            expires=expires,
+            force_model=check_target(force_model) if force_model else None,
+            default_model=check_target(default_model) if default_model else None,
+            max_output_tokens=max_output_tokens,
         )
     return secret
 

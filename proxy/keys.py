@@ -34,6 +34,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Final
 
+from .config import PROVIDERS
 from .limits import Limits
 
 PREFIX = "sk-sluice-"
@@ -67,6 +68,10 @@ class ClientKey:
     revoked: str | None = None
     expires: str | None = None  # UTC timestamp after which it is refused
     retired: tuple[RetiredSecret, ...] = ()  # earlier secrets, each good until its grace ends
+    # Model policy (proxy/modelpolicy.py): "provider/model" names, and a cap.
+    force_model: str | None = None
+    default_model: str | None = None
+    max_output_tokens: int | None = None
 
     def allows_provider(self, provider: str) -> bool:
         return self.providers is None or provider in self.providers
@@ -125,6 +130,26 @@ def _optional_time(entry: dict[str, Any], field: str, name: str) -> str | None:
     return str(value)
 
 
+def check_target(target: str) -> str:
+    """A ``provider/model`` name as keys hold them (force_model, default_model)."""
+    provider, slash, model = target.partition("/")
+    if provider not in PROVIDERS or not slash or not model or any(c.isspace() for c in model):
+        raise KeyFileError(f"{target!r} must be provider/model, e.g. openai/gpt-4o-mini")
+    return target
+
+
+def _optional_target(entry: dict[str, Any], field: str, name: str) -> str | None:
+    value = entry.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise KeyFileError(f"key {name!r}: {field} must be provider/model")
+    try:
+        return check_target(value)
+    except KeyFileError as exc:
+        raise KeyFileError(f"key {name!r}: {field}: {exc}") from None
+
+
 def _retired(entry: dict[str, Any], name: str) -> tuple[RetiredSecret, ...]:
     value = entry.get("retired", [])
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
@@ -181,6 +206,9 @@ def parse_entry(name: str, entry: Any) -> ClientKey:
         revoked=revoked if isinstance(revoked, str) else None,
         expires=_optional_time(entry, "expires", name),
         retired=_retired(entry, name),
+        force_model=_optional_target(entry, "force_model", name),
+        default_model=_optional_target(entry, "default_model", name),
+        max_output_tokens=_optional_int(entry, "max_output_tokens", name),
     )
 
 
@@ -216,6 +244,9 @@ def to_entry(key: ClientKey) -> dict[str, Any]:
         entry["expires"] = key.expires
     if key.retired:
         entry["retired"] = [{"id": r.id, "hash": r.hash, "until": r.until} for r in key.retired]
+    for field in ("force_model", "default_model", "max_output_tokens"):
+        if getattr(key, field) is not None:
+            entry[field] = getattr(key, field)
     return entry
 
 

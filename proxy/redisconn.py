@@ -27,8 +27,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.retry import Retry as SyncRetry
 
-SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
-
 # A Redis client of either kind: both offer the commands and scripts Sluice uses.
 AnyRedis = Redis | RedisCluster
 AnySyncRedis = redis.Redis | redis.cluster.RedisCluster

@@ -13,6 +13,7 @@ Both in the provider's own error format, so the SDK raises
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from ..asgi import ASGIApp, Receive, Scope, Send
 from ..body import read_body
@@ -20,8 +21,9 @@ from ..context import RequestContext, http_context
 from ..errors import send_error
 from ..headers import request_headers
 from ..jsonread import loads
-from ..keys import KeyStore
+from ..keys import ClientKey, KeyStore
 from ..metrics import Metrics
+from ..modelpolicy import PolicyError, effective_model
 from ..routing import query_key
 
 logger = logging.getLogger("sluice.auth")
@@ -62,14 +64,36 @@ def model_from_json(body: bytes) -> str | None:
     return model if isinstance(model, str) else None
 
 
+def _effective(
+    requested: str | None, provider: str, key: ClientKey, aliases: Mapping[str, str]
+) -> str | None:
+    """The model the key's list is checked against: the one the upstream will get (aliases resolved).
+
+    A request the model policy refuses outright is left to that layer to
+    refuse, with its own message.
+    """
+    try:
+        return effective_model(requested, provider, key, aliases)
+    except PolicyError:
+        return requested
+
+
 class Auth:
     """Pure ASGI middleware: only requests with a valid, permitted Sluice key get through."""
 
-    def __init__(self, app: ASGIApp, keys: KeyStore | None, metrics: Metrics, max_inspect_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: KeyStore | None,
+        metrics: Metrics,
+        max_inspect_bytes: int,
+        aliases: Mapping[str, str] | None = None,
+    ) -> None:
         self.app = app
         self.keys = keys
         self.metrics = metrics
         self.max_inspect_bytes = max_inspect_bytes
+        self.aliases: Mapping[str, str] = aliases or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = http_context(scope)
@@ -108,8 +132,9 @@ class Auth:
                     )  # fmt: skip
                     return
                 ctx.model = model_from_json(body)
-            if not key.allows_model(ctx.model):
-                await self._reject(ctx, send, 403, "model", f"This key may not use the model {ctx.model!r}.")
+            model = _effective(ctx.model, provider, key, self.aliases)
+            if not key.allows_model(model):
+                await self._reject(ctx, send, 403, "model", f"This key may not use the model {model!r}.")
                 return
         await self.app(scope, receive, send)
 
