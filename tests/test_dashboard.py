@@ -12,10 +12,10 @@ picture) is written when missing or with ``UPDATE_SCREENSHOTS=1``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import ssl
-import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -60,10 +60,8 @@ def site(tmp_path_factory: pytest.TempPathFactory, mock: MockHandle, sluice_fact
     return Site(sluice, secrets)
 
 
-def call(
-    base: str, secret: str, provider: str, stream: bool = False, verify: Any = True, **mock_headers: str
-) -> int:
-    """One request through Sluice to the mock, as that provider's SDK would send it; its status."""
+def request(secret: str, provider: str, stream: bool, **mock_headers: str) -> tuple[str, Any, dict[str, str]]:
+    """Path, body and headers of a request as that provider's SDK would send it."""
     if provider == "openai":
         body: dict[str, object] = {**CHAT, "stream": stream}
         if stream:
@@ -75,28 +73,39 @@ def call(
     else:
         method = "streamGenerateContent?alt=sse" if stream else "generateContent"
         path, body, auth = f"/v1beta/models/gemini-2.5-flash:{method}", GEMINI, {"x-goog-api-key": secret}
-    headers = {**auth, **{f"x-mock-{k.replace('_', '-')}": v for k, v in mock_headers.items()}}
+    return path, body, {**auth, **{f"x-mock-{k.replace('_', '-')}": v for k, v in mock_headers.items()}}
+
+
+def call(
+    base: str, secret: str, provider: str, stream: bool = False, verify: Any = True, **mock_headers: str
+) -> int:
+    """One request through Sluice to the mock; its status."""
+    path, body, headers = request(secret, provider, stream, **mock_headers)
     with httpx.Client(base_url=base, timeout=60, verify=verify) as client:
         return client.post(path, json=body, headers=headers).status_code
 
 
 class Background:
-    """A slow stream running in a thread while the test looks at the page."""
+    """A slow stream, read in a task while the test looks at the page; cancelling it hangs up."""
 
     def __init__(self, base: str, secret: str, provider: str, tokens: int, delay_ms: int) -> None:
-        self.status: int | None = None
-        self.thread = threading.Thread(
-            target=self._run, args=(base, secret, provider, tokens, delay_ms), daemon=True
-        )
-        self.thread.start()
+        path, body, headers = request(secret, provider, True, tokens=str(tokens), delay_ms=str(delay_ms))
+        self.task = asyncio.create_task(self._read(base, path, body, headers))
 
-    def _run(self, base: str, secret: str, provider: str, tokens: int, delay_ms: int) -> None:
-        self.status = call(base, secret, provider, stream=True, tokens=str(tokens), delay_ms=str(delay_ms))
+    @staticmethod
+    async def _read(base: str, path: str, body: Any, headers: dict[str, str]) -> int:
+        async with (
+            httpx.AsyncClient(base_url=base, timeout=60) as client,
+            client.stream("POST", path, json=body, headers=headers) as response,
+        ):
+            async for _ in response.aiter_raw():
+                pass
+            return response.status_code
 
-    async def join(self, timeout: float = 60) -> int:
-        await asyncio.to_thread(self.thread.join, timeout)
-        assert self.status is not None, "the background stream did not finish"
-        return self.status
+    async def hang_up(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -257,14 +266,14 @@ async def test_a_live_stream_and_the_numbers_match_metrics(
     page = await open_page(browser, url)
     assert await sign_in(page, ADMIN) == "live"
 
-    stream = Background(url, secrets["batch-jobs"], "anthropic", tokens=200, delay_ms=40)
+    stream = Background(url, secrets["batch-jobs"], "anthropic", tokens=2000, delay_ms=40)
     await wait_for_in_flight(url, 1)
     await refresh(page)
     assert await value(page, "#live") == 1
     assert (await column(page, "providers", "provider", "live")).get("anthropic") == 1
     assert await page.is_visible("#live-sub >> text=anthropic 1")
     assert total(scrape(url), "sluice_in_flight_requests") == 1
-    assert await stream.join() == 200
+    await stream.hang_up()  # Sluice sees the client leave, and the stream ends
 
     await wait_for_in_flight(url, 0)
     await refresh(page)
@@ -278,11 +287,12 @@ async def test_a_live_stream_and_the_numbers_match_metrics(
         (key, outcome): total(metrics, "sluice_key_requests_total", key=key, outcome=outcome)
         - total(before, "sluice_key_requests_total", key=key, outcome=outcome)
         for key in secrets
-        for outcome in ("ok", "rate_limited")
+        for outcome in ("ok", "rate_limited", "client_disconnected")
     }
     assert {k: v for k, v in added.items() if v} == {
         ("web-app", "ok"): 3,
-        ("batch-jobs", "ok"): 2,
+        ("batch-jobs", "ok"): 1,
+        ("batch-jobs", "client_disconnected"): 1,
         ("intern", "ok"): 2,
         ("intern", "rate_limited"): 1,
     }
@@ -423,8 +433,8 @@ async def test_screenshot_with_traffic(site: Site, browser: Any, mock: MockHandl
     page = await open_page(browser, url, viewport={"width": 1440, "height": 600})  # full_page grows it
     assert await sign_in(page, ADMIN) == "live"
     streams = [
-        Background(url, secrets["web-app"], "anthropic", tokens=600, delay_ms=40),
-        Background(url, secrets["batch-jobs"], "gemini", tokens=600, delay_ms=40),
+        Background(url, secrets["web-app"], "anthropic", tokens=3000, delay_ms=40),
+        Background(url, secrets["batch-jobs"], "gemini", tokens=3000, delay_ms=40),
     ]
     for _ in range(6):
         await burst(8)
@@ -443,6 +453,7 @@ async def test_screenshot_with_traffic(site: Site, browser: Any, mock: MockHandl
     if os.environ.get("UPDATE_SCREENSHOTS") == "1" or not readme_copy.exists():
         shutil.copyfile(artifact, readme_copy)
     for stream in streams:
-        await stream.join()
+        await stream.hang_up()
+    await wait_for_in_flight(url, 0)
     httpx.post(f"{url}/admin/credentials/reset", headers={"authorization": f"Bearer {ADMIN}"})
     assert page.js_errors == []
