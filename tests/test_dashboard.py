@@ -360,6 +360,11 @@ async def test_percentiles_rates_and_spend_from_a_known_exposition(site: Site, b
     rpm = await value(page, "#rpm")
     assert rpm is not None and 30 / (after - first) * 60 <= rpm <= 30 / (before - signed) * 60
     assert await value(page, "#errors") == 2
+    # A restarted Sluice counts from zero: its new count is the increase, never a negative rate.
+    figures["n"] = 5
+    await refresh(page)
+    rpm = await value(page, "#rpm")
+    assert rpm is not None and rpm > 0
     assert await value(page, "#spend") == pytest.approx(2.75)
     spend = await page.eval_on_selector_all(
         "#spend-table tbody tr", "rows => rows.map(r => [r.dataset.key, r.cells[3].dataset.value])"
