@@ -13,6 +13,7 @@ from starlette.routing import Route
 from .admin import admin_routes, credential_states
 from .chat import ChatApi, playground_route
 from .config import Settings
+from .dashboard import dashboard_routes
 from .dispatch import Dispatch, SluiceApp
 from .middleware import build_chain
 from .passthrough import Passthrough
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> SluiceApp:
         Route("/metrics", metrics, methods=["GET"]),
         playground_route(),  # a static page: no key needed to load it
         *admin_routes(services),
+        *dashboard_routes(settings.admin_token, metrics),  # /metrics' own endpoint, behind the admin token
     ]
     plain = Starlette(routes=routes, lifespan=lifespan)
     plain.state.services = services  # for introspection in tests and embedding

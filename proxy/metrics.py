@@ -170,6 +170,11 @@ class Metrics:
             "Tokens the providers reported, by provider, key and direction.",
             ("provider", "key", "direction"),
         )
+        # Requests per client key: sluice_requests_total has no key label, and
+        # the dashboard shows requests per key. Empty key: no client key known.
+        self.key_requests = Counter(
+            "sluice_key_requests_total", "Requests by client key name and outcome.", ("key", "outcome")
+        )
         self.upstream_errors = Counter(
             "sluice_upstream_errors_total", "Upstream failures, by provider and kind.", ("provider", "kind")
         )
@@ -190,7 +195,7 @@ class Metrics:
         self._all = (
             self.requests, self.in_flight, self.ttfb, self.duration, self.tokens,
             self.upstream_errors, self.rate_limited, self.auth_rejections, self.limiter_errors,
-            self.failovers,
+            self.failovers, self.key_requests,
         )  # fmt: skip
 
     def request_started(self, ctx: RequestContext) -> str:
@@ -208,6 +213,7 @@ class Metrics:
         by_provider = (provider,)
         self.in_flight.dec((in_flight_label,))
         self.requests.inc((provider, str(ctx.status or 0), ctx.outcome))
+        self.key_requests.inc((ctx.key_name or "", ctx.outcome))
         self.duration.observe(now - ctx.started, by_provider)
         if ctx.ttfb is not None:
             self.ttfb.observe(ctx.ttfb, by_provider)
