@@ -19,6 +19,7 @@ from .app import create_app
 from .config import Settings
 from .dispatch import SluiceApp
 from .http import server_options
+from .tls import uvicorn_options as tls_options
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -92,6 +93,7 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         # Sluice's drain aborts what is left at SLUICE_DRAIN_TIMEOUT; this is
         # uvicorn's own backstop, in case anything outlives that.
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout) + 10,
+        **tls_options(settings.ssl_certfile, settings.ssl_keyfile),
     )
 
 
@@ -102,7 +104,7 @@ def serve(settings: Settings, on_listening: Callable[[str], None]) -> None:
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
     config = uvicorn_config(settings)
-    on_listening(f"http://{shown_host}:{port}")
+    on_listening(f"{'https' if settings.tls else 'http'}://{shown_host}:{port}")
     if settings.workers > 1:
         Multiprocess(config, sockets=[sock]).run()
     else:
