@@ -19,6 +19,7 @@ from .app import create_app
 from .config import Settings
 from .dispatch import SluiceApp
 from .http import server_options
+from .redact import redacting
 from .tls import uvicorn_options as tls_options
 
 
@@ -34,10 +35,17 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def logging_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging set-up, plus Sluice's own loggers on the same handler."""
+    """uvicorn's logging set-up, plus Sluice's own loggers on the same handler.
+
+    Every handler redacts credentials (proxy/redact.py). Other libraries'
+    warnings (asyncio, aiohttp, websockets) go to the same handler through the
+    root logger, instead of Python's last-resort handler, which would print
+    them unredacted.
+    """
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["sluice"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
-    return config
+    config["root"] = {"handlers": ["default"], "level": "WARNING"}
+    return redacting(config)
 
 
 def raise_open_files_limit(wanted: int) -> None:

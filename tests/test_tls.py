@@ -179,7 +179,9 @@ def test_the_sdks_speak_to_sluice_over_verified_tls(tls_sluice: TlsSluice) -> No
 
     options = genai_types.HttpOptions(base_url=tls_sluice.url, client_args={"verify": tls})
     gemini = genai.Client(api_key="AIza-any", http_options=options)
-    streamed_text = "".join(c.text or "" for c in gemini.models.generate_content_stream(model="g", contents="hi"))
+    streamed_text = "".join(
+        c.text or "" for c in gemini.models.generate_content_stream(model="g", contents="hi")
+    )
     assert streamed_text == "".join(mock_tokens(12))
     assert gemini.models.generate_content(model="g", contents="hi").text == "".join(mock_tokens(12))
 
