@@ -55,7 +55,13 @@ api_key_env = "GEMINI_API_KEY"
 
 
 def _start(
-    tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory, *, fallback: bool, extra: str = "", **env: str
+    tmp_path: Path,
+    mock: MockHandle,
+    sluice_factory: SluiceFactory,
+    *,
+    fallback: bool,
+    extra: str = "",
+    **env: str,
 ) -> tuple[SluiceProcess, str]:
     config, refresh = _config(tmp_path, mock, fallback=fallback, extra=extra)
     settings = {
@@ -196,7 +202,9 @@ def test_a_revoked_oauth_path_falls_back_to_the_api_key_and_sticks(
     mock.state.code_assist_status = 401  # the account's access revoked
     assert "".join(_streamed(client)) == TEXT  # the same call succeeded, on the API key
     assert mock.state.last(":streamGenerateContent").path.endswith(API_STREAM)
-    assert mock.state.last(":streamGenerateContent").headers["x-goog-api-key"] == CANARY_KEYS["GEMINI_API_KEY"]
+    assert (
+        mock.state.last(":streamGenerateContent").headers["x-goog-api-key"] == CANARY_KEYS["GEMINI_API_KEY"]
+    )
     mock.state.code_assist_status = None  # the OAuth path recovers: the pool stays on the key
     for _ in range(3):
         assert "".join(_streamed(client)) == TEXT
@@ -207,7 +215,9 @@ def test_a_revoked_oauth_path_falls_back_to_the_api_key_and_sticks(
     assert sluice.log().count(WARNING) == 1
     assert f"{WARNING} (401): using the next one for 4s" in sluice.log()
     metrics = httpx.get(f"{sluice.url}/metrics").text
-    assert 'sluice_credential_failovers_total{provider="gemini",label="code-assist",reason="401"} 1' in metrics
+    assert (
+        'sluice_credential_failovers_total{provider="gemini",label="code-assist",reason="401"} 1' in metrics
+    )
     credentials = [line["credential"] for line in _access_lines(tmp_path, 5)]
     assert credentials == ["code-assist", "studio", "studio", "studio", "studio"]
     # The sticky period over: Code Assist serves again.
@@ -241,7 +251,9 @@ def test_an_unreachable_code_assist_falls_back(
     tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
 ) -> None:
     config, _ = _config(tmp_path, mock, fallback=True, extra='project = "mock-ca-project"')
-    config.write_text(config.read_text().replace(f'endpoint = "{mock.url}"', 'endpoint = "http://127.0.0.1:9"'))
+    config.write_text(
+        config.read_text().replace(f'endpoint = "{mock.url}"', 'endpoint = "http://127.0.0.1:9"')
+    )
     sluice = sluice_factory(**upstream_env(mock), SLUICE_CONFIG=str(config), SLUICE_ADMIN_TOKEN=ADMIN)
     client = _client(sluice)
     assert "".join(_streamed(client)) == TEXT
@@ -257,11 +269,14 @@ def test_a_code_assist_stream_cut_after_its_first_byte_is_not_retried(
     body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
     headers = {"x-goog-api-key": CLIENT_KEY, "x-mock-drop-after": "2"}
     received = b""
-    with pytest.raises(httpx.RemoteProtocolError), httpx.Client(base_url=sluice.url) as raw:  # noqa: PT012
-        with raw.stream("POST", STREAM + "?alt=sse", json=body, headers=headers) as answer:
-            assert answer.status_code == 200
-            for piece in answer.iter_raw():
-                received += piece
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.Client(base_url=sluice.url) as raw,
+        raw.stream("POST", STREAM + "?alt=sse", json=body, headers=headers) as answer,
+    ):
+        assert answer.status_code == 200
+        for piece in answer.iter_raw():
+            received += piece
     assert received.count(b"data: ") == 2  # the two events sent, unwrapped, then the cut
     assert b'"response":' not in received  # unwrapped, as far as it went
     streams = [r.path for r in mock.state.records if r.path.endswith(":streamGenerateContent")]
@@ -277,15 +292,20 @@ def test_events_are_unwrapped_one_by_one_with_their_framing_and_pacing(
     body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
     headers = {"x-goog-api-key": CLIENT_KEY, "x-mock-delay-ms": "150", "x-mock-tokens": "4"}
     arrivals: list[tuple[float, bytes]] = []
-    with httpx.Client(base_url=sluice.url, timeout=30) as raw:
-        with raw.stream("POST", STREAM + "?alt=sse", json=body, headers=headers) as answer:
-            assert answer.headers["content-type"].startswith("text/event-stream")
-            assert "content-length" not in answer.headers
-            for piece in answer.iter_raw():
-                arrivals.append((time.monotonic(), piece))
+    with (
+        httpx.Client(base_url=sluice.url, timeout=30) as raw,
+        raw.stream("POST", STREAM + "?alt=sse", json=body, headers=headers) as answer,
+    ):
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        assert "content-length" not in answer.headers
+        for piece in answer.iter_raw():
+            arrivals.append((time.monotonic(), piece))
     events = b"".join(piece for _, piece in arrivals).split(b"\r\n\r\n")
     assert events[-1] == b"" and len(events) == 5  # four events, each CRLF-framed as upstream framed it
-    texts = [json.loads(e.removeprefix(b"data: "))["candidates"][0]["content"]["parts"][0]["text"] for e in events[:-1]]
+    texts = [
+        json.loads(e.removeprefix(b"data: "))["candidates"][0]["content"]["parts"][0]["text"]
+        for e in events[:-1]
+    ]
     assert texts == mock_tokens(4)
     # Paced as the upstream paced them: the last event came well after the first.
     first = next(t for t, piece in arrivals if b"data: " in piece)
