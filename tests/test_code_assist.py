@@ -335,3 +335,24 @@ async def test_200_concurrent_requests_at_token_expiry_cause_one_refresh(
     assert {a.json()["candidates"][0]["content"]["parts"][0]["text"] for a in answers} == {TEXT}
     assert mock.state.token_requests == 2, "one refresh for all 200"
     _assert_no_secrets(sluice.log(), refresh, mock)
+
+
+def test_the_chat_api_streams_through_code_assist(
+    tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
+) -> None:
+    sluice, refresh = _start(tmp_path, mock, sluice_factory, fallback=False)
+    with httpx.Client(base_url=sluice.url, timeout=30) as client:
+        reply = client.post(
+            "/api/chat", json={"model": "gemini/gemini-x", "messages": [{"role": "user", "content": "hi"}]}
+        )
+    assert reply.status_code == 200
+    texts = [
+        json.loads(line[len("data: ") :])["text"]
+        for block in reply.text.split("\n\n")
+        if "event: token" in block
+        for line in block.split("\n")
+        if line.startswith("data: ")
+    ]
+    assert "".join(texts) == TEXT and "event: done" in reply.text
+    assert mock.state.last(":streamGenerateContent").path == "/v1internal:streamGenerateContent"
+    _assert_no_secrets(reply.text + sluice.log(), refresh, mock)
