@@ -176,6 +176,10 @@ class CodeAssistAuth:
                     self.project = await asyncio.to_thread(self._discover, str(self._credentials.token))
         return str(self._credentials.token)
 
+    def invalidate(self) -> None:
+        """Forget the access token (Code Assist refused it): the next request refreshes."""
+        self._credentials.token = None
+
     def _refresh(self) -> None:
         import google.auth.exceptions
         from google.auth.transport.requests import Request

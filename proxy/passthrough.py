@@ -99,6 +99,14 @@ class Passthrough:
             self.drain.in_flight.discard(exchange)
 
 
+# What a refusal that is not an HTTP status means, in the client's error.
+_REFUSALS = {
+    "token": "could not obtain an access token",
+    "project": "no Code Assist project",
+    "connect": "could not connect",
+}
+
+
 class _Refused(Exception):
     """Every credential tried was refused; ``reason`` is the last status or "token"."""
 
@@ -472,7 +480,7 @@ class _Exchange:
             reason,
             self.upstream.key_setting,
         )
-        detail = "could not obtain an access token" if reason == "token" else f"HTTP {reason}"
+        detail = _REFUSALS.get(reason, f"HTTP {reason}")
         await self._answer_error(
             502, f"The {self.route.provider} upstream refused Sluice's credentials ({detail})."
         )

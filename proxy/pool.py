@@ -168,6 +168,8 @@ class CredentialPool:
         return message
 
     def refused(self, cred: Credential, reason: str) -> None:
+        if reason == "401" and cred.code_assist is not None:
+            cred.code_assist.invalidate()  # a revoked access token: get a new one next time
         if cred.state == "failed":
             # Known already (requests in flight together learnt it together):
             # the sticky period restarts, but the warning and metric were given.

@@ -225,6 +225,7 @@ def test_a_revoked_oauth_path_falls_back_to_the_api_key_and_sticks(
     assert "".join(_streamed(client)) == TEXT
     assert mock.state.last(":streamGenerateContent").path == "/v1internal:streamGenerateContent"
     assert _admin(sluice)["code-assist"]["state"] == "ok"
+    assert mock.state.token_requests == 2, "the refused access token was dropped, a new one fetched"
     _assert_no_secrets(sluice.log() + (tmp_path / "access.log").read_text(), refresh, mock)
 
 
@@ -356,3 +357,20 @@ def test_the_chat_api_streams_through_code_assist(
     assert "".join(texts) == TEXT and "event: done" in reply.text
     assert mock.state.last(":streamGenerateContent").path == "/v1internal:streamGenerateContent"
     _assert_no_secrets(reply.text + sluice.log(), refresh, mock)
+
+
+def test_with_nowhere_to_fall_back_the_client_gets_one_clean_gemini_error(
+    tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
+) -> None:
+    sluice, refresh = _start(tmp_path, mock, sluice_factory, fallback=False)
+    mock.state.code_assist_status = 500  # loadCodeAssist fails: no project to send requests to
+    client = _client(sluice)
+    with pytest.raises(genai.errors.ServerError) as info:
+        client.models.generate_content(model="gemini-x", contents="hi")
+    assert info.value.code == 502
+    assert "refused Sluice's credentials (no Code Assist project)" in str(info.value)
+    mock.state.code_assist_status = 401  # and a revoked OAuth path, answered by Code Assist itself
+    with pytest.raises(genai.errors.ServerError) as refused:
+        client.models.generate_content(model="gemini-x", contents="hi")
+    assert "(HTTP 401)" in str(refused.value)
+    _assert_no_secrets(str(info.value) + str(refused.value) + sluice.log(), refresh, mock)
