@@ -108,7 +108,7 @@ _REFUSALS = {
 
 
 class _Refused(Exception):
-    """Every credential tried was refused; ``reason`` is the last status or "token"."""
+    """Every credential tried was refused; ``reason`` is the last status or a word (``_REFUSALS``)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)

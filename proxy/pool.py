@@ -6,7 +6,11 @@
   pool stays on the next one (sticky), and only after the cool-down is the
   refused one tried again. An operator can reset it sooner. So a revoked key
   costs one extra upstream call per cool-down, and the pool never flaps.
-* A 429 *cools* a credential for its ``retry-after`` (default 30 s).
+* A 429 *cools* a credential for its ``retry-after`` (default 30 s); but a
+  Code Assist credential's 429 (the account's quota), like its connect
+  failures, fails it for the cool-down (docs/code-assist.md).
+* The warning and the metric come once per failover, however many requests
+  in flight learn of it together.
 * When every credential is failed or cooling, the one that becomes available
   first is tried, so stale state never refuses traffic on its own.
 

@@ -374,3 +374,18 @@ def test_with_nowhere_to_fall_back_the_client_gets_one_clean_gemini_error(
         client.models.generate_content(model="gemini-x", contents="hi")
     assert "(HTTP 401)" in str(refused.value)
     _assert_no_secrets(str(info.value) + str(refused.value) + sluice.log(), refresh, mock)
+
+
+def test_methods_code_assist_does_not_serve_go_to_the_api_key_without_a_failover(
+    tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
+) -> None:
+    sluice, _ = _start(tmp_path, mock, sluice_factory, fallback=True)
+    client = _client(sluice)
+    embedded = client.models.embed_content(model="gemini-x", contents="hi")
+    assert embedded.embeddings
+    embed = next(r for r in mock.state.records if "mbedContent" in r.path)  # batchEmbedContents
+    assert embed.headers["x-goog-api-key"] == CANARY_KEYS["GEMINI_API_KEY"]
+    assert "".join(_streamed(client)) == TEXT  # and Code Assist still serves what it can
+    assert mock.state.last(":streamGenerateContent").path == "/v1internal:streamGenerateContent"
+    assert _admin(sluice)["code-assist"]["state"] == "ok"
+    assert WARNING not in sluice.log()
