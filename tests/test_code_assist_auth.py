@@ -112,3 +112,22 @@ async def test_a_configured_project_skips_discovery(tmp_path: Path, mock: MockHa
     auth = CodeAssistAuth(_spec(path, mock.url, project="my-project"))
     await auth.token()
     assert auth.project == "my-project" and mock.state.code_assist_loads == 0
+
+
+def test_the_mock_is_told_over_http_to_fail_the_oauth_path(tmp_path: Path, mock: MockHandle) -> None:
+    import httpx
+
+    user = {"refresh_token": "1//http-user", "client_id": "cid", "client_secret": "sec"}
+    with httpx.Client(base_url=mock.url) as client:
+        assert client.post("/_mock/code-assist", json={"user": user, "status": 403}).json() == {"ok": True}
+        assert mock.state.code_assist_status == 403 and "1//http-user" in mock.state.oauth_users
+        client.post("/_mock/code-assist", json={"status": None, "revoke": "1//http-user"})
+        assert mock.state.code_assist_status is None
+        form = {"grant_type": "refresh_token", **user}
+        revoked = client.post("/token", data=form)
+        assert revoked.status_code == 400 and revoked.json()["error"] == "invalid_grant"
+        client.post("/_mock/code-assist", json={"restore": "1//http-user"})
+        assert client.post("/token", data=form).json()["access_token"].startswith("ya29.mock-")
+        wrong = client.post("/token", data={**form, "client_secret": "other"})
+        assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
+        assert client.post("/_mock/code-assist", json={"user": {}}).status_code == 400

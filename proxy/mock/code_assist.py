@@ -82,9 +82,17 @@ class CodeAssistState:
             raise auth.GrantError("The OAuth client was not found.", "invalid_client", 401)
 
     def code_assist_control(self, spec: object) -> None:
-        """``/_mock/code-assist``: {"status": 401 or null, "revoke": "<refresh token>", "restore": …}."""
+        """``/_mock/code-assist``: {"status": 401 or null, "revoke": "<refresh token>", "restore": …,
+        "user": {"refresh_token", "client_id", "client_secret"}} (an account to accept)."""
         if not isinstance(spec, dict):
             raise TypeError("expected a JSON object")
+        user = spec.get("user")
+        if user is not None:
+            if not isinstance(user, dict):
+                raise TypeError("user must be an object")
+            self.add_oauth_user(
+                str(user["refresh_token"]), str(user["client_id"]), str(user["client_secret"])
+            )
         if "status" in spec:
             self.code_assist_status = None if spec["status"] is None else int(spec["status"])
         if "revoke" in spec:

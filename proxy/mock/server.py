@@ -455,7 +455,7 @@ def _make_handler(state: MockState) -> Callable[[web.Request], Awaitable[web.Str
         if path.endswith("/_mock/code-assist") and request.method == "POST":
             try:
                 state.code_assist_control(await request.json())
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError, KeyError) as exc:
                 return web.json_response({"ok": False, "error": repr(exc)}, status=400)
             return web.json_response({"ok": True})
         ex = _Exchange(request, state.new_record(request), state)
