@@ -26,6 +26,7 @@ NATIVE_MODULES = [
     "proxy/disconnect.py",
     "proxy/dispatch.py",
     "proxy/drain.py",
+    "proxy/envelope.py",
     "proxy/errors.py",
     "proxy/forwarded.py",
     "proxy/gate.py",

@@ -109,6 +109,7 @@ BOTH_MODES = frozenset(
         "test_chat_api",
         "test_tls",
         "test_redaction",
+        "test_code_assist",
     }
 )
 

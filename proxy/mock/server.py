@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import auth
+from . import auth, code_assist
 from . import formats as fmt
 from .formats import mock_tokens
 
@@ -84,12 +84,14 @@ class MockRecord:
         return {k: v for k, v in vars(self).items() if k != "_sent"}
 
 
-class MockState(auth.AuthState):
+class MockState(code_assist.CodeAssistState, auth.AuthState):
     """All mutable mock state; shared between the server loop and tests.
-    Key rules, service accounts and OAuth2 tokens come from ``AuthState``."""
+    Key rules, service accounts and OAuth2 tokens come from ``AuthState``,
+    Google accounts and Code Assist from ``CodeAssistState``."""
 
     def __init__(self, default_tokens: int = 12, default_delay_ms: float = 0.0) -> None:
-        super().__init__()
+        auth.AuthState.__init__(self)
+        code_assist.CodeAssistState.__init__(self)
         self.default_tokens = default_tokens
         self.default_delay_ms = default_delay_ms
         self.records: list[MockRecord] = []
@@ -98,6 +100,7 @@ class MockState(auth.AuthState):
     def reset(self) -> None:
         self.records.clear()
         self.reset_auth()
+        self.reset_code_assist()
 
     def attempts_by_key(self, path_suffix: str | None = None) -> Counter[str]:
         """How many recorded requests presented each credential."""
@@ -429,6 +432,9 @@ async def _serve(ex: _Exchange) -> web.StreamResponse:
         ex.rec.close("error_injected")
         ex.ctl = replace(ex.ctl, retry_after=rule.retry_after_header)
         return await ex.send_error(rule.status, _injected_message(rule.status, ex.request.headers))
+    answered = await code_assist.serve(ex, ex.request.method, ex.rec.path)
+    if answered is not None:
+        return answered
     for method, pattern, route in _ROUTES:
         match = pattern.search(ex.rec.path)
         if match and ex.request.method == method:
@@ -446,6 +452,12 @@ def _make_handler(state: MockState) -> Callable[[web.Request], Awaitable[web.Str
             return web.json_response({"ok": True})
         if path.endswith("/_mock/keys") and request.method in ("POST", "DELETE"):
             return await _keys_control(state, request)
+        if path.endswith("/_mock/code-assist") and request.method == "POST":
+            try:
+                state.code_assist_control(await request.json())
+            except (ValueError, TypeError, KeyError) as exc:
+                return web.json_response({"ok": False, "error": repr(exc)}, status=400)
+            return web.json_response({"ok": True})
         ex = _Exchange(request, state.new_record(request), state)
         try:
             resp = await _serve(ex)
