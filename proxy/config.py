@@ -22,6 +22,7 @@ from .credentials import CredentialError, CredentialSpec, from_env_value
 from .credentials import from_config as credentials_from_config
 from .forwarded import Network, parse_networks
 from .http import HTTP_MODES, HttpMode
+from .tracing.settings import TracingSettingError, TracingSettings, load_tracing
 
 ProviderName = Literal["openai", "gemini", "anthropic"]
 PROVIDERS: tuple[ProviderName, ...] = ("openai", "gemini", "anthropic")
@@ -141,6 +142,8 @@ class Settings:
     http: HttpMode = "fast"
     mock: bool = False
     chat: ChatSettings = field(default_factory=ChatSettings)
+    # OpenTelemetry traces (the standard OTEL_* variables); None: off.
+    tracing: TracingSettings | None = None
 
     @property
     def auth_enforced(self) -> bool:
@@ -283,6 +286,10 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
         "http": _parse(env, "SLUICE_HTTP", "fast", _choice(*HTTP_MODES)),
     }
     values["chat"] = _chat_settings(env)
+    try:
+        values["tracing"] = load_tracing(env)
+    except TracingSettingError as exc:
+        raise ConfigError(exc.setting, exc.problem) from None
     config_file = _parse(env, "SLUICE_CONFIG", None, Path)
     if config_file is not None:
         file_values = _load_config_file(config_file)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .accesslog import LogWriter
 from .config import Settings
@@ -15,6 +16,9 @@ from .limits import Limiter
 from .limits.memory import MemoryLimiter
 from .metrics import Metrics
 from .pool import CredentialPool
+
+if TYPE_CHECKING:  # imported only when tracing is on: it brings in OpenTelemetry
+    from .tracing.worker import Tracing
 
 logger = logging.getLogger("sluice")
 
@@ -29,6 +33,7 @@ class Services:
     access_log: LogWriter
     drain: Drain
     pools: Mapping[str, CredentialPool]
+    tracing: Tracing | None = None  # OTEL_*: its layer goes in the chain, its wrapper around `upstream`
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -44,20 +49,30 @@ class Services:
             name: CredentialPool(upstream, settings.failover_cooldown, metrics)
             for name, upstream in settings.upstreams.items()
         }
+        upstream = new_client(settings.http, settings.connect_timeout)
+        tracing = None
+        if settings.tracing is not None:
+            from .tracing.worker import Tracing
+
+            tracing = Tracing(settings)
+            upstream = tracing.client(upstream)
         return cls(
             settings=settings,
-            upstream=new_client(settings.http, settings.connect_timeout),
+            upstream=upstream,
             metrics=metrics,
             keys=KeyStore(settings.keys_file) if settings.auth_enforced and settings.keys_file else None,
             limiter=limiter,
             access_log=LogWriter(settings.access_log, settings.access_log_flush),
             drain=Drain(settings.drain_timeout),
             pools=pools,
+            tracing=tracing,
         )
 
     async def start(self) -> None:
         await self.upstream.open()
         self.drain.install()
+        if self.tracing is not None:
+            self.tracing.started()
 
         if self.keys is None:
             if self.settings.auth == "off":
@@ -74,6 +89,8 @@ class Services:
         await self.upstream.close()
         await self.limiter.close()
         self.access_log.close()
+        if self.tracing is not None:
+            await self.tracing.shutdown()  # after the upstream: its last client spans have ended
 
     async def ready(self) -> tuple[bool, dict[str, str]]:
         if self.drain.draining:
