@@ -16,7 +16,7 @@ read too.
 * Its status is ERROR when Sluice or the upstream failed the request
   (outcome ``upstream_error``, ``unavailable``, ``aborted``, or any 5xx
   answer), with ``error.type`` saying why (``cut_mid_stream``,
-  ``connect_failed``, ``timeout``, ``500``, …). A client that left, and
+  ``unreachable``, ``headers_timeout``, ``500``, …). A client that left, and
   refusals (4xx: auth, limits, bad paths), are not errors of the server's.
 * Secrets stay out: the client key's *name*, the credential's *label*, the
   path without its query string (where a Gemini client may put its key).
