@@ -1,7 +1,7 @@
 """Instructions per request, counted by callgrind: an A/B that machine noise cannot move.
 
-    .venv/bin/python -m bench.instructions [--chain] [--otlp] [--requests N] [--connections C]
-                                           [--keep DIR] [TREE ...]
+    .venv/bin/python -m bench.instructions [--chain] [--otlp] [--env NAME=VALUE] [--requests N]
+                                           [--connections C] [--keep DIR] [TREE ...]
 
 Wall-clock and CPU-time figures on a shared 2-core VM swing by 30 % between
 runs, which hides any change smaller than that. Counting the instructions
@@ -20,7 +20,8 @@ one connection, repeats best.
 ``--otlp`` turns tracing on (``OTEL_EXPORTER_OTLP_ENDPOINT``) towards a sink
 on loopback that answers every export with 200: the count then includes the
 spans' making and, in the SDK's export thread, their encoding and sending
-(batches every 200 ms, so that they fall inside the counted window).
+(in batches of 512, the SDK's default, or every 5 s). ``--env NAME=VALUE``
+(repeatable) adds a variable to Sluice's environment, e.g. a sampler.
 
 What it counts is work, not time: a cache-friendly change can be faster than
 its instruction count says, and a system call counts as one instruction.
@@ -107,6 +108,7 @@ def count(
     requests: int,
     connections: int = 1,
     otlp: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> float:
     """Instructions Sluice (from ``tree``) executes per request, averaged over ``requests``."""
     keys = workdir / "keys.toml" if chain else None
@@ -116,7 +118,7 @@ def count(
     env["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every run
     if otlp is not None:
         env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp
-        env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
+    env.update(extra_env or {})
     env_file = workdir / "empty.env"
     env_file.write_text("")
     out = workdir / "callgrind.out"
@@ -151,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--connections", type=int, default=1, help="connections sending at once")
     parser.add_argument("--otlp", action="store_true", help="tracing on, exporting to a sink")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="for Sluice")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="copy the callgrind dumps here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sluice-icount-") as tmp:
@@ -162,7 +165,14 @@ def main(argv: list[str] | None = None) -> int:
                 workdir = Path(tmp) / f"tree{i}"
                 workdir.mkdir()
                 per_request = count(
-                    tree.resolve(), upstream.port, workdir, args.chain, args.requests, args.connections, otlp
+                    tree.resolve(),
+                    upstream.port,
+                    workdir,
+                    args.chain,
+                    args.requests,
+                    args.connections,
+                    otlp,
+                    dict(pair.split("=", 1) for pair in args.env),
                 )
                 if args.keep is not None:
                     args.keep.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ from tests.otlp_receiver import (
 pytestmark = pytest.mark.timeout(90)
 
 KEY_NAME = "team-alpha"
+COLLECTOR_TOKEN = "collector-token-5f1e9a"  # OTEL_EXPORTER_OTLP_HEADERS: for the collector only
 MESSAGES: Any = [{"role": "user", "content": "hi"}]
 
 
@@ -90,13 +91,18 @@ def traced(
 ) -> Iterator[Traced]:
     keys_file = tmp_path_factory.mktemp("traced") / "keys.toml"
     secret = create_key(keys_file, KEY_NAME, Limits(rpm=10_000))
-    process = sluice_factory(**upstream_env(mock), **otel_env(receiver.url), SLUICE_KEYS_FILE=str(keys_file))
+    process = sluice_factory(
+        **upstream_env(mock),
+        **otel_env(receiver.url),
+        SLUICE_KEYS_FILE=str(keys_file),
+        OTEL_EXPORTER_OTLP_HEADERS=f"x-collector-token={COLLECTOR_TOKEN}",
+    )
     yield Traced(process, receiver, secret)
     # Whatever the tests sent, no secret is in any span, resource or event.
     texts = [text for span in receiver.spans for text in span.strings()]
     for secret_text in (*CANARIES, secret):
         assert not any(secret_text in text for text in texts), "a secret reached a span"
-    for secret_text in (*CANARIES, secret):
+    for secret_text in (*CANARIES, secret, COLLECTOR_TOKEN):
         assert secret_text not in process.log()
 
 
@@ -128,6 +134,7 @@ def assert_server_span(
     assert first_byte is not None and span.start_ns < first_byte[1] <= span.end_ns
     assert span.resource["service.name"] == "sluice-under-test"
     assert span.resource["deployment.environment"] == "test"
+    assert span.scope == "sluice"
 
 
 def assert_client_span(
@@ -172,6 +179,9 @@ def test_openai_stream_is_one_server_span_with_a_client_child(traced: Traced, mo
     assert server.attributes["gen_ai.usage.output_tokens"] == usage.completion_tokens == 6
     (upstream,) = traced.client_spans(server)
     assert_client_span(upstream, server, mock, mock.state.last("/chat/completions").headers)
+    # The exports carried the configured headers (and only the collector saw them).
+    assert any(h.get("x-collector-token") == COLLECTOR_TOKEN for h in traced.receiver.headers)
+    assert COLLECTOR_TOKEN not in str(mock.state.last("/chat/completions").headers)
     assert upstream.attributes["url.full"] == f"{mock.url}/openai-prefix/v1/chat/completions"
 
 
@@ -271,6 +281,29 @@ def test_without_traceparent_a_new_trace_starts(traced: Traced, mock: MockHandle
     assert int(flags, 16) & 1  # sampled (and the SDK's own trace ids are marked random: 0x02)
 
 
+def test_an_unsampled_caller_gets_no_spans_and_its_decision_goes_upstream(
+    traced: Traced, mock: MockHandle
+) -> None:
+    trace_id, parent, _ = new_trace()
+    rid = request_id("unsampled")
+    client = openai.OpenAI(
+        base_url=f"{traced.sluice.url}/v1", api_key=traced.secret, max_retries=0, timeout=GUARD,
+        default_headers={"traceparent": f"00-{trace_id}-{parent}-00", "x-request-id": rid},
+    )  # fmt: skip
+    client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    sent = mock.state.last("/chat/completions").headers["traceparent"]
+    version, sent_trace, sent_span, flags = sent.split("-")
+    assert (version, sent_trace, flags) == ("00", trace_id, "00") and sent_span != parent
+    # A later request's spans arrive; none of this one's (parentbased_always_on follows the caller).
+    later = request_id("after-unsampled")
+    httpx.post(
+        f"{traced.sluice.url}/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES},
+        headers={"authorization": f"Bearer {traced.secret}", "x-request-id": later}, timeout=GUARD,
+    )  # fmt: skip
+    traced.server_span(later)
+    assert not [s for s in traced.receiver.spans if s.trace_id == trace_id]
+
+
 def test_cut_stream_is_an_error_on_both_spans(traced: Traced) -> None:
     _trace_id, _parent, traceparent = new_trace()
     rid = request_id("cut")
@@ -344,6 +377,7 @@ def test_a_key_in_the_query_string_stays_out_of_spans(traced: Traced) -> None:
 def dead_upstream(mock: MockHandle, sluice_factory: SluiceFactory, receiver: OtlpReceiver) -> SluiceProcess:
     dead = f"http://127.0.0.1:{closed_port()}"
     env = {**upstream_env(mock), **otel_env(receiver.url), "SLUICE_OPENAI_UPSTREAM": dead}
+    env["OTEL_EXPORTER_OTLP_TRACES_COMPRESSION"] = "gzip"
     return sluice_factory(**env, SLUICE_CONNECT_RETRIES="0")
 
 
@@ -367,6 +401,7 @@ def test_unreachable_upstream_is_an_error_on_both_spans(
     assert upstream.kind == CLIENT and upstream.status_code == STATUS_ERROR
     assert upstream.attributes["error.type"] == "ConnectFailed"
     assert "http.response.status_code" not in upstream.attributes
+    assert any(h.get("content-encoding") == "gzip" for h in receiver.headers)  # its exports
 
 
 def test_requests_succeed_promptly_with_the_receiver_down(

@@ -4,7 +4,7 @@
 (either mode: it sees only the interface), so the passthrough and the chat
 API are traced without a line of tracing in them, and with tracing off the
 wrapper is simply not there. Each ``request()`` (a failover's every attempt
-too) gets a CLIENT span from just before the request is written until the
+too) of a sampled request gets a CLIENT span from just before the request is written until the
 response is closed, so it covers the streamed body; it carries the
 upstream's host, port, method, URL (without the query string) and status.
 
@@ -24,7 +24,7 @@ upstream that is itself traced (vLLM, a gateway of your own) joins the trace.
 Where the request's model is not yet known (OpenAI and Anthropic name it in
 the body, which Sluice does not otherwise parse), a body of at most
 :data:`MODEL_SNIFF_LIMIT` bytes that is already whole is read for it: once
-per request, with tracing on only.
+per request, and only for a request whose span is sampled.
 """
 
 from __future__ import annotations
@@ -52,6 +52,16 @@ def model_from_body(body: Body) -> str | None:
         return None
     model = document.get("model") if isinstance(document, dict) else None
     return model if isinstance(model, str) else None
+
+
+def _request_attributes(origin: Origin, method: str, target: bytes) -> dict[str, str | int]:
+    path = target.partition(b"?")[0].decode("latin-1")  # the query may hold a key
+    return {
+        names.METHOD: method,
+        names.SERVER_ADDRESS: origin.host,
+        names.SERVER_PORT: origin.port,
+        names.URL_FULL: origin.url + path,
+    }
 
 
 def _propagate(span: Span, headers: Headers) -> Headers:
@@ -89,22 +99,17 @@ class TracedClient:
         length: int | None = None,
     ) -> Response:
         state = CURRENT.get()
+        if state is not None and not state.recording:
+            # The request is not sampled, and the standard samplers decide for
+            # a child as for its parent: no span to make, only the decision
+            # (sampled=0, with the server span's id) to pass on.
+            sent = _propagate(state.span, headers)
+            return await self.inner.request(origin, method, target, sent, body, length)
         if state is not None and not state.upstream_called:
             state.upstream_called = True
             state.request_model = state.ctx.model or model_from_body(body)
-        path = target.partition(b"?")[0].decode("latin-1")
-        attributes: dict[str, str | int] = {
-            names.METHOD: method,
-            names.SERVER_ADDRESS: origin.host,
-            names.SERVER_PORT: origin.port,
-            names.URL_FULL: origin.url + path,
-        }
-        provider = names.provider_name(state.ctx.provider) if state is not None else None
-        if provider is not None:
-            attributes[names.PROVIDER] = provider
-        span = self.tracer.start_span(
-            method, kind=SpanKind.CLIENT, attributes=attributes, record_exception=False
-        )
+        # Attributes only once it is known to be recorded (see layer.py).
+        span = self.tracer.start_span(method, kind=SpanKind.CLIENT, record_exception=False)
         try:
             sent = _propagate(span, headers)
             response = await self.inner.request(origin, method, target, sent, body, length)
@@ -113,15 +118,19 @@ class TracedClient:
             span.end()
             raise
         except Exception as exc:
-            kind = type(exc).__name__
-            span.set_attribute(names.ERROR_TYPE, kind)
-            span.set_status(Status(StatusCode.ERROR, kind))
+            if span.is_recording():
+                kind = type(exc).__name__
+                span.set_attributes({**_request_attributes(origin, method, target), names.ERROR_TYPE: kind})
+                span.set_status(Status(StatusCode.ERROR, kind))
             span.end()
             raise
-        span.set_attribute(names.STATUS, response.status)
-        if response.status >= 400:
-            span.set_attribute(names.ERROR_TYPE, str(response.status))
-            span.set_status(Status(StatusCode.ERROR, str(response.status)))
+        if span.is_recording():
+            attributes = _request_attributes(origin, method, target)
+            attributes[names.STATUS] = response.status
+            if response.status >= 400:
+                attributes[names.ERROR_TYPE] = str(response.status)
+                span.set_status(Status(StatusCode.ERROR, str(response.status)))
+            span.set_attributes(attributes)
         return TracedResponse(response, span, state)
 
 

@@ -47,10 +47,12 @@ W3C = TraceContextTextMapPropagator()  # W3C trace context only: not OTEL_PROPAG
 class RequestTrace:
     """What the upstream client span (``client.py``) and the server span share for one request."""
 
-    __slots__ = ("ctx", "request_model", "upstream_called")
+    __slots__ = ("ctx", "recording", "request_model", "span", "upstream_called")
 
-    def __init__(self, ctx: RequestContext) -> None:
+    def __init__(self, ctx: RequestContext, span: trace.Span) -> None:
         self.ctx = ctx
+        self.span = span  # the server span
+        self.recording = span.is_recording()  # it is sampled: its facts are worth finding
         self.upstream_called = False
         self.request_model: str | None = None  # the model the request named, as the client span read it
 
@@ -85,30 +87,21 @@ class ServerSpans:
             await self.app(scope, receive, send)
             return
         parent = caller_context(scope)
-        route = names.route_template(ctx.path)
         start = int(ctx.started_wall * 1e9)
-        attributes: dict[str, str] = {
-            names.METHOD: ctx.method,
-            names.ROUTE: route,
-            names.URL_PATH: ctx.path,
-            names.URL_SCHEME: scope.get("scheme", "http"),
-            names.PROTOCOL_VERSION: scope.get("http_version", "1.1"),
-            names.REQUEST_ID: ctx.request_id,
-        }
-        if ctx.client is not None:
-            attributes[names.CLIENT_ADDRESS] = ctx.client
+        # No attributes yet: the standard samplers do not read them, and a
+        # span the sampler drops then costs nothing more. They are all set at
+        # the end, in one call (each call takes the span's lock).
         span = self.tracer.start_span(
-            f"{ctx.method} {route}",
+            ctx.method,
             context=parent,
             kind=SpanKind.SERVER,
-            attributes=attributes,
             start_time=start,
             # Recorded below, once, with the request's own facts.
             record_exception=False,
             set_status_on_exception=False,
         )
         token = otel_context.attach(trace.set_span_in_context(span, parent))
-        state = RequestTrace(ctx)
+        state = RequestTrace(ctx, span)
         state_token = CURRENT.set(state)
         try:
             await self.app(scope, receive, send)
@@ -121,11 +114,25 @@ class ServerSpans:
             CURRENT.reset(state_token)
             otel_context.detach(token)
             if span.is_recording():
-                self._finish(span, ctx, state, start)
+                self._finish(span, scope, ctx, state, start)
             span.end()
 
-    def _finish(self, span: trace.Span, ctx: RequestContext, state: RequestTrace, start: int) -> None:
-        attributes: dict[str, str | int] = {names.OUTCOME: ctx.outcome}
+    def _finish(
+        self, span: trace.Span, scope: Scope, ctx: RequestContext, state: RequestTrace, start: int
+    ) -> None:
+        route = names.route_template(ctx.path)
+        span.update_name(f"{ctx.method} {route}")
+        attributes: dict[str, str | int] = {
+            names.METHOD: ctx.method,
+            names.ROUTE: route,
+            names.URL_PATH: ctx.path,
+            names.URL_SCHEME: scope.get("scheme", "http"),
+            names.PROTOCOL_VERSION: scope.get("http_version", "1.1"),
+            names.REQUEST_ID: ctx.request_id,
+            names.OUTCOME: ctx.outcome,
+        }
+        if ctx.client is not None:
+            attributes[names.CLIENT_ADDRESS] = ctx.client
         status = ctx.status
         if status is not None:
             attributes[names.STATUS] = status
