@@ -435,3 +435,24 @@ def test_requests_succeed_promptly_with_the_receiver_down(
     stopping = time.monotonic()
     process.stop()
     assert time.monotonic() - stopping < 9  # the final flush is not waited for long
+
+
+def test_every_worker_exports_and_flushes_at_shutdown(
+    mock: MockHandle, sluice_factory: SluiceFactory, receiver: OtlpReceiver
+) -> None:
+    """Each worker builds its own provider after the fork; stopping exports what waits in its queue."""
+    env = {**upstream_env(mock), **otel_env(receiver.url), "OTEL_BSP_SCHEDULE_DELAY": "600000"}
+    process = sluice_factory(**env, SLUICE_WORKERS="2")
+    ids = [request_id("worker") for _ in range(6)]
+    for rid in ids:  # a connection each: the kernel spreads them over the workers
+        reply = httpx.post(
+            f"{process.url}/v1/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES},
+            headers={"x-request-id": rid}, timeout=GUARD,
+        )  # fmt: skip
+        assert reply.status_code == 200
+    time.sleep(0.5)
+    assert not [s for s in receiver.spans if s.attributes.get("sluice.request.id") in ids]  # still queued
+    process.stop()
+    servers = receiver.wait_for(lambda s: s.attributes.get("sluice.request.id") in ids, count=6)
+    assert {s.attributes["sluice.request.id"] for s in servers} == set(ids)
+    assert all(isinstance(s.resource["process.pid"], int) for s in servers)
