@@ -456,3 +456,28 @@ def test_every_worker_exports_and_flushes_at_shutdown(
     servers = receiver.wait_for(lambda s: s.attributes.get("sluice.request.id") in ids, count=6)
     assert {s.attributes["sluice.request.id"] for s in servers} == set(ids)
     assert all(isinstance(s.resource["process.pid"], int) for s in servers)
+
+
+def test_a_failover_is_a_client_span_per_attempt(
+    mock: MockHandle, sluice_factory: SluiceFactory, receiver: OtlpReceiver
+) -> None:
+    primary, backup = "sk-primary-TRACEDprimary0123", "sk-backup-TRACEDbackup4567"
+    env = {**upstream_env(mock), **otel_env(receiver.url), "OPENAI_API_KEY": f"{primary},{backup}"}
+    process = sluice_factory(**env)
+    mock.state.set_key_rule(primary, 401)
+    rid = request_id("failover")
+    client = openai.OpenAI(
+        base_url=f"{process.url}/v1", api_key="unused", max_retries=0, timeout=GUARD,
+        default_headers={"x-request-id": rid},
+    )  # fmt: skip
+    assert client.chat.completions.create(model="gpt-4o", messages=MESSAGES).choices
+    (server,) = receiver.wait_for(lambda s: s.attributes.get("sluice.request.id") == rid)
+    assert server.status_code == STATUS_UNSET and server.attributes["http.response.status_code"] == 200
+    assert server.attributes["sluice.credential"] == "OPENAI_API_KEY[2]"
+    attempts = sorted(
+        receiver.wait_for(lambda s: s.parent_span_id == server.span_id, count=2), key=lambda s: s.start_ns
+    )
+    assert [a.attributes["http.response.status_code"] for a in attempts] == [401, 200]
+    assert [a.status_code for a in attempts] == [STATUS_ERROR, STATUS_UNSET]
+    texts = [text for span in (server, *attempts) for text in span.strings()]
+    assert not any(primary in text or backup in text for text in texts)
