@@ -23,6 +23,7 @@ from .credentials import from_config as credentials_from_config
 from .forwarded import Network, parse_networks
 from .http import HTTP_MODES, HttpMode
 from .tls import TlsFileError, check_files
+from .tracing.settings import TracingSettingError, TracingSettings, load_tracing
 
 ProviderName = Literal["openai", "gemini", "anthropic"]
 PROVIDERS: tuple[ProviderName, ...] = ("openai", "gemini", "anthropic")
@@ -147,6 +148,9 @@ class Settings:
     # Sluice's own TLS (proxy/tls.py): both or neither.
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+
+    # OpenTelemetry traces (the standard OTEL_* variables); None: off.
+    tracing: TracingSettings | None = None
 
     @property
     def tls(self) -> bool:
@@ -301,6 +305,10 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
         "ssl_keyfile": _parse(env, "SLUICE_SSL_KEYFILE", None, Path),
     }
     values["chat"] = _chat_settings(env)
+    try:
+        values["tracing"] = load_tracing(env)
+    except TracingSettingError as exc:
+        raise ConfigError(exc.setting, exc.problem) from None
     config_file = _parse(env, "SLUICE_CONFIG", None, Path)
     if config_file is not None:
         file_values = _load_config_file(config_file)

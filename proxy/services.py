@@ -19,6 +19,7 @@ from .pool import CredentialPool
 
 if TYPE_CHECKING:
     from .keys_redis import RedisKeyFeed
+    from .tracing.worker import Tracing  # imported only when tracing is on: it brings in OpenTelemetry
 
 logger = logging.getLogger("sluice")
 
@@ -42,6 +43,7 @@ class Services:
     drain: Drain
     pools: Mapping[str, CredentialPool]
     key_feed: RedisKeyFeed | None = None  # keeps `keys` in step with Redis, when keys live there
+    tracing: Tracing | None = None  # OTEL_*: its layer goes in the chain, its wrapper around `upstream`
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -57,15 +59,23 @@ class Services:
             name: CredentialPool(upstream, settings.failover_cooldown, metrics)
             for name, upstream in settings.upstreams.items()
         }
+        upstream = new_client(settings.http, settings.connect_timeout)
+        tracing = None
+        if settings.tracing is not None:
+            from .tracing.worker import Tracing
+
+            tracing = Tracing(settings)
+            upstream = tracing.client(upstream)
         return cls(
             settings=settings,
-            upstream=new_client(settings.http, settings.connect_timeout),
+            upstream=upstream,
             metrics=metrics,
             keys=_key_store(settings),
             limiter=limiter,
             access_log=LogWriter(settings.access_log, settings.access_log_flush),
             drain=Drain(settings.drain_timeout),
             pools=pools,
+            tracing=tracing,
         )
 
     async def start(self) -> None:
@@ -77,6 +87,8 @@ class Services:
             assert self.settings.redis_url is not None
             self.key_feed = RedisKeyFeed(self.settings.redis_url, self.keys)
             await self.key_feed.start()
+        if self.tracing is not None:
+            self.tracing.started()
 
         if self.keys is None:
             if self.settings.auth == "off":
@@ -95,6 +107,8 @@ class Services:
         await self.upstream.close()
         await self.limiter.close()
         self.access_log.close()
+        if self.tracing is not None:
+            await self.tracing.shutdown()  # after the upstream: its last client spans have ended
 
     async def ready(self) -> tuple[bool, dict[str, str]]:
         if self.drain.draining:

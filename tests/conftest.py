@@ -110,6 +110,7 @@ BOTH_MODES = frozenset(
         "test_tls",
         "test_redaction",
         "test_code_assist",
+        "test_tracing",
     }
 )
 

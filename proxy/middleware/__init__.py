@@ -118,4 +118,6 @@ def build_chain(endpoint: ASGIApp, services: Services) -> ASGIApp:
                 raise ConfigError(
                     "SLUICE_CONFIG", f"middleware {name!r} rejected its options: {exc}"
                 ) from None
+    if services.tracing is not None:  # outermost inside the Gate: it sees every layer's verdict
+        app = services.tracing.layer(app)
     return Gate(app, services.metrics, TrustedProxies(settings.trusted_proxies))
