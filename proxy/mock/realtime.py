@@ -263,7 +263,8 @@ async def serve(request: web.Request, rec: MockRecord, state: MockState) -> web.
                 await dialect.received(msg.data)
                 continue
             if msg.type == WSMsgType.CLOSE:  # the client's close frame (aiohttp answers it)
-                rec.close_code, rec.close_reason = int(msg.data), str(msg.extra or "")
+                # An empty close frame carries no code: RFC 6455 calls that 1005.
+                rec.close_code, rec.close_reason = int(msg.data) or 1005, str(msg.extra or "")
             break  # CLOSE, CLOSING (we close), CLOSED or ERROR (the connection is gone)
     except (SessionEnded, ConnectionError):
         pass
