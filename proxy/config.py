@@ -141,6 +141,12 @@ class Settings:
     http: HttpMode = "fast"
     mock: bool = False
     chat: ChatSettings = field(default_factory=ChatSettings)
+    # Realtime sessions (WebSockets, proxy/realtime): the largest message
+    # either way, the silence after which a session is closed, and how often
+    # each side is pinged (so idle sessions survive nginx and NATs).
+    realtime_max_message: int = 16 * 1024 * 1024
+    realtime_idle_timeout: float = 600.0
+    realtime_ping_interval: float = 20.0
 
     @property
     def auth_enforced(self) -> bool:
@@ -281,6 +287,11 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
             env, "SLUICE_LOG_LEVEL", "info", _choice("critical", "error", "warning", "info", "debug")
         ),
         "http": _parse(env, "SLUICE_HTTP", "fast", _choice(*HTTP_MODES)),
+        "realtime_max_message": _parse(
+            env, "SLUICE_REALTIME_MAX_MESSAGE", 16 * 1024 * 1024, _int_between(1024, 1 << 30)
+        ),
+        "realtime_idle_timeout": _parse(env, "SLUICE_REALTIME_IDLE_TIMEOUT", 600.0, _positive_float),
+        "realtime_ping_interval": _parse(env, "SLUICE_REALTIME_PING_INTERVAL", 20.0, _positive_float),
     }
     values["chat"] = _chat_settings(env)
     config_file = _parse(env, "SLUICE_CONFIG", None, Path)
