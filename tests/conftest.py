@@ -106,6 +106,7 @@ BOTH_MODES = frozenset(
         "test_failover",
         "test_security",
         "test_chat_api",
+        "test_realtime",
     }
 )
 
