@@ -216,7 +216,7 @@ async def test_a_provider_without_a_credential_is_refused(
 # --- the browser's form, other routes, and raw frames --------------------------------------------
 
 
-async def test_a_browser_key_in_the_subprotocol_is_answered_realtime_and_never_forwarded(
+async def test_a_browser_key_in_the_subprotocol_is_answered_realtime_never_forwarded(
     rt: Realtime,
 ) -> None:
     key = rt.keys["open"]
