@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=HTTP_MODES,
         help="fast: Sluice's own HTTP/1.1 server and client (default); stock: uvicorn's and aiohttp's",
     )
+    serve.add_argument("--ssl-certfile", type=Path, help="serve TLS with this PEM certificate (chain)")
+    serve.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM, unencrypted)")
 
     _keys_parser(sub)
 
@@ -156,7 +158,14 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from .server import serve
 
     settings = load_settings(
-        env, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level, http=args.http
+        env,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        http=args.http,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
     )
     no_keys = all(not settings.upstreams[p].credentials for p in PROVIDERS)
     if args.mock or (args.mock_if_unconfigured and no_keys):

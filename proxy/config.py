@@ -22,6 +22,7 @@ from .credentials import CredentialError, CredentialSpec, from_env_value
 from .credentials import from_config as credentials_from_config
 from .forwarded import Network, parse_networks
 from .http import HTTP_MODES, HttpMode
+from .tls import TlsFileError, check_files
 
 ProviderName = Literal["openai", "gemini", "anthropic"]
 PROVIDERS: tuple[ProviderName, ...] = ("openai", "gemini", "anthropic")
@@ -147,6 +148,13 @@ class Settings:
     realtime_max_message: int = 16 * 1024 * 1024
     realtime_idle_timeout: float = 600.0
     realtime_ping_interval: float = 20.0
+    # Sluice's own TLS (proxy/tls.py): both or neither.
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.ssl_certfile is not None
 
     @property
     def auth_enforced(self) -> bool:
@@ -292,6 +300,8 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
         ),
         "realtime_idle_timeout": _parse(env, "SLUICE_REALTIME_IDLE_TIMEOUT", 600.0, _positive_float),
         "realtime_ping_interval": _parse(env, "SLUICE_REALTIME_PING_INTERVAL", 20.0, _positive_float),
+        "ssl_certfile": _parse(env, "SLUICE_SSL_CERTFILE", None, Path),
+        "ssl_keyfile": _parse(env, "SLUICE_SSL_KEYFILE", None, Path),
     }
     values["chat"] = _chat_settings(env)
     config_file = _parse(env, "SLUICE_CONFIG", None, Path)
@@ -311,6 +321,10 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_exposure(settings)
+    try:
+        check_files(settings.ssl_certfile, settings.ssl_keyfile)
+    except TlsFileError as exc:
+        raise ConfigError(exc.setting, str(exc)) from None
     return settings
 
 

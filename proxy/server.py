@@ -19,6 +19,8 @@ from .app import create_app
 from .config import Settings
 from .dispatch import SluiceApp
 from .http import server_options, websocket_options
+from .redact import redacting
+from .tls import uvicorn_options as tls_options
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -33,10 +35,17 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def logging_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging set-up, plus Sluice's own loggers on the same handler."""
+    """uvicorn's logging set-up, plus Sluice's own loggers on the same handler.
+
+    Every handler redacts credentials (proxy/redact.py). Other libraries'
+    warnings (asyncio, aiohttp, websockets) go to the same handler through the
+    root logger, instead of Python's last-resort handler, which would print
+    them unredacted.
+    """
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["sluice"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
-    return config
+    config["root"] = {"handlers": ["default"], "level": "WARNING"}
+    return redacting(config)
 
 
 def raise_open_files_limit(wanted: int) -> None:
@@ -94,6 +103,7 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         # Sluice's drain aborts what is left at SLUICE_DRAIN_TIMEOUT; this is
         # uvicorn's own backstop, in case anything outlives that.
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout) + 10,
+        **tls_options(settings.ssl_certfile, settings.ssl_keyfile),
     )
 
 
@@ -104,7 +114,7 @@ def serve(settings: Settings, on_listening: Callable[[str], None]) -> None:
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
     config = uvicorn_config(settings)
-    on_listening(f"http://{shown_host}:{port}")
+    on_listening(f"{'https' if settings.tls else 'http'}://{shown_host}:{port}")
     if settings.workers > 1:
         Multiprocess(config, sockets=[sock]).run()
     else:

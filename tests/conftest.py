@@ -84,7 +84,7 @@ def start_sluice(log_path: Path, env: dict[str, str], *args: str, timeout: float
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = log_path.read_text(errors="replace")
-        found = re.search(r"Sluice listening on (http://\S+)", text)
+        found = re.search(r"Sluice listening on (https?://\S+)", text)
         if found and "Application startup complete" in text:
             return SluiceProcess(found.group(1), log_path, proc)
         if proc.poll() is not None:
@@ -107,6 +107,8 @@ BOTH_MODES = frozenset(
         "test_security",
         "test_chat_api",
         "test_realtime",
+        "test_tls",
+        "test_redaction",
     }
 )
 
