@@ -25,8 +25,10 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
 from proxy.keys import create_key, revoke_key
 from proxy.limits import Limits
+from proxy.mock import MockHandle
 from tests.accesslog import read_lines, wait_for_line
 from tests.conftest import CANARIES, CANARY_KEYS, SluiceFactory, SluiceProcess
+from tests.service_account import make_service_account
 from tests.ws_upstream import BIG, CUT_CODE, CUT_REASON, GEMINI_EVENTS, OPENAI_EVENTS, WsUpstream, _dump
 
 pytestmark = pytest.mark.timeout(60)
@@ -288,7 +290,7 @@ async def test_a_client_that_vanishes_closes_the_upstream_within_a_second(rt: Re
 # --- Gemini Live (raw client: google-genai dials wss:// only) -------------------------------------
 
 
-async def _gemini(rt: Realtime, ws: ClientConnection, model: str) -> None:
+async def _gemini(ws: ClientConnection, model: str) -> None:
     await ws.send(json.dumps({"setup": {"model": f"models/{model}"}}))
     assert await ws.recv() == b'{"setupComplete":{}}'
 
@@ -296,7 +298,7 @@ async def _gemini(rt: Realtime, ws: ClientConnection, model: str) -> None:
 async def test_gemini_live_frames_pass_untouched_and_the_key_is_swapped(rt: Realtime) -> None:
     headers = {"x-goog-api-key": rt.keys["open"]}
     async with connect(rt.ws + GEMINI_PATH, additional_headers=headers) as ws:
-        await _gemini(rt, ws, "gemini-echo")
+        await _gemini(ws, "gemini-echo")
         await ws.send(
             json.dumps({"clientContent": {"turns": [{"parts": [{"text": "hi"}]}], "turnComplete": True}})
         )
@@ -315,7 +317,7 @@ async def test_gemini_live_frames_pass_untouched_and_the_key_is_swapped(rt: Real
 async def test_gemini_key_in_the_query_and_the_prefixed_route(rt: Realtime) -> None:
     path = GEMINI_PATH.replace("v1beta", "v1alpha") + "Constrained"
     async with connect(f"{rt.ws}/gemini{path}?key={rt.keys['open']}&alt=x") as ws:
-        await _gemini(rt, ws, "gemini-echo")
+        await _gemini(ws, "gemini-echo")
     session = rt.upstream.last()
     assert session.path == f"{path}?alt=x"
     _assert_clean_upstream(rt, session.headers, session.path)
@@ -330,7 +332,7 @@ async def test_gemini_setup_naming_a_model_the_key_may_not_use_is_refused(rt: Re
     assert (code, reason) == (1008, "This key may not use the model 'gemini-other'.")
     assert len(rt.upstream.sessions) == before
     async with connect(rt.ws + GEMINI_PATH, additional_headers=headers) as ws:
-        await _gemini(rt, ws, "gemini-allowed")
+        await _gemini(ws, "gemini-allowed")
 
 
 # --- accounting: the access log, metrics, limits ---------------------------------------------------
@@ -422,3 +424,44 @@ async def test_sigterm_drains_sessions_then_closes_them_with_1001(
     session = upstream.last()
     assert session.closed.wait(5) and session.close_code == 1001
     assert sluice.proc.wait(30) in (0, -signal.SIGTERM)
+
+
+# --- Gemini Live on Vertex AI --------------------------------------------------------------------------
+
+
+async def test_the_vertex_form_is_served_by_a_vertex_service_account(
+    upstream: WsUpstream, mock: MockHandle, sluice_factory: SluiceFactory, tmp_path: Path
+) -> None:
+    key_file = make_service_account(mock, tmp_path)  # its token_uri is the mock's
+    config = tmp_path / "sluice.toml"
+    config.write_text(
+        f"""
+[[providers.gemini.credentials]]
+label = "vertex"
+type = "vertex"
+service_account_file = "{key_file}"
+location = "us-central1"
+endpoint = "{upstream.url}"
+
+[[providers.gemini.credentials]]
+label = "studio"
+type = "api_key"
+api_key_env = "GEMINI_API_KEY"
+"""
+    )
+    sluice = sluice_factory(**CANARY_KEYS, SLUICE_GEMINI_UPSTREAM=upstream.url, SLUICE_CONFIG=str(config))
+    ws_url = sluice.url.replace("http", "ws")
+    model = "projects/mock-project/locations/us-central1/publishers/google/models/gemini-echo"
+    async with connect(
+        f"{ws_url}/vertex{VERTEX_PATH}", additional_headers={"authorization": "Bearer c"}
+    ) as ws:
+        await ws.send(json.dumps({"setup": {"model": model}}))
+        assert await ws.recv() == b'{"setupComplete":{}}'
+    session = upstream.last()
+    assert session.path == VERTEX_PATH
+    token = session.headers["authorization"].removeprefix("Bearer ")
+    assert token in mock.state.issued_tokens and "x-goog-api-key" not in session.headers
+    # The Gemini API form on the same Sluice is served by the API key.
+    async with connect(ws_url + GEMINI_PATH) as ws:
+        await _gemini(ws, "gemini-echo")
+    assert upstream.last().headers["x-goog-api-key"] == CANARY_KEYS["GEMINI_API_KEY"]
