@@ -387,6 +387,8 @@ async def test_tokens_the_provider_reported_count_against_tpm(rt: Realtime) -> N
 async def test_a_session_holds_its_concurrency_slot_while_open(rt: Realtime) -> None:
     async with rt.openai(rt.keys["single"]).realtime.connect(model="gpt-echo") as conn:
         await conn.recv_bytes()
+        headers = conn._connection.response.headers  # type: ignore[attr-defined]
+        assert headers["ratelimit-limit"] == "1"  # the limiter's headers on the handshake's answer
         closed = await _sdk_refusal(rt, rt.keys["single"])
         assert closed.rcvd is not None and closed.rcvd.code == 1013
     async with rt.openai(rt.keys["single"]).realtime.connect(model="gpt-echo") as conn:

@@ -80,8 +80,9 @@ def chosen_subprotocol(offered: list[str]) -> str | None:
 class SessionSend:
     """The ``send`` the layers and the realtime endpoint get for a WebSocket.
 
-    Data messages pass straight on. The accept gets the request id header and
-    the subprotocol; an HTTP error response becomes accept + close.
+    Data messages pass straight on. The accept gets the request id header,
+    the layers' ``ctx.response_headers`` and the subprotocol; an HTTP error
+    response becomes accept + close.
     """
 
     def __init__(
@@ -126,6 +127,8 @@ class SessionSend:
         self.accepted = True
         self.ctx.status = 101
         headers.append((b"x-request-id", self.ctx.request_id.encode()))
+        if self.ctx.response_headers:  # the layers' (RateLimit-*), as the gate adds them to HTTP answers
+            headers += self.ctx.response_headers
         chosen = subprotocol or chosen_subprotocol(self.offered)
         await self.send({"type": "websocket.accept", "subprotocol": chosen, "headers": headers})
 
