@@ -30,7 +30,7 @@ def websocket_options(max_size: int, ping_interval: float) -> dict[str, Any]:
 
     No permessage-deflate: the messages pass through as they are, and a
     zlib context per direction costs memory on every idle session and CPU
-    on every frame (proxy/realtime/README.md, "Compression").
+    on every frame (docs/realtime.md, "Compression").
     """
     return {
         "ws": SessionProtocol,

@@ -27,7 +27,7 @@ async def gate_session(
     if proxies.networks:
         ctx.client = proxies.client(ctx.client, request_headers(scope))
     stats = scope[STATS_KEY] = SessionStats()
-    session_send = SessionSend(send, ctx, stats, list(scope.get("subprotocols", ())))
+    session_send = SessionSend(send, ctx, stats, list(scope.get("subprotocols", ())), receive)
     provider = ctx.provider or "none"
     metrics.session_started(provider)
     try:

@@ -19,17 +19,22 @@ refusal                                   close code
 ========================================  =======================
 
 The reason is the error's message, cut to the 123 bytes a close frame holds.
+A Gemini Live session is refused once its client has sent its first message
+(or 5 s have passed), which is when google-genai reads.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Final
 
-from ..asgi import Message, Send
+from ..asgi import Message, Receive, Send
 from ..context import RequestContext
 from ..jsonread import loads
 from .stats import SessionStats
 
+SETUP_WAIT: Final = 5.0  # seconds a refused Gemini Live client has to send its setup
 MAX_REASON: Final = 123  # bytes: a close frame's payload is 125, two of them the code
 
 POLICY: Final = 1008
@@ -75,14 +80,21 @@ def chosen_subprotocol(offered: list[str]) -> str | None:
 class SessionSend:
     """The ``send`` the layers and the realtime endpoint get for a WebSocket.
 
-    Data messages pass straight on. The accept gets the request id header and
-    the subprotocol; an HTTP error response becomes accept + close.
+    Data messages pass straight on. The accept gets the request id header,
+    the layers' ``ctx.response_headers`` and the subprotocol; an HTTP error
+    response becomes accept + close.
     """
 
-    def __init__(self, send: Send, ctx: RequestContext, stats: SessionStats, offered: list[str]) -> None:
+    def __init__(
+        self, send: Send, ctx: RequestContext, stats: SessionStats, offered: list[str], receive: Receive
+    ) -> None:
         self.send = send
         self.ctx = ctx
         self.stats = stats
+        # Gemini Live clients send their setup at once and only then read: a
+        # close that arrives first fails google-genai's send, which hides the
+        # reason; one that answers the setup comes out as APIError(code, reason).
+        self.receive = receive if ctx.provider == "gemini" else None
         self.offered = offered
         self.accepted = False
         self.closed = False
@@ -115,6 +127,8 @@ class SessionSend:
         self.accepted = True
         self.ctx.status = 101
         headers.append((b"x-request-id", self.ctx.request_id.encode()))
+        if self.ctx.response_headers:  # the layers' (RateLimit-*), as the gate adds them to HTTP answers
+            headers += self.ctx.response_headers
         chosen = subprotocol or chosen_subprotocol(self.offered)
         await self.send({"type": "websocket.accept", "subprotocol": chosen, "headers": headers})
 
@@ -125,6 +139,9 @@ class SessionSend:
         try:
             if not self.accepted:
                 await self._accept(None, [])
+                if self.receive is not None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.receive(), SETUP_WAIT)
             self.ctx.status = status
             self.stats.close_code, self.stats.closed_by = code, "sluice"
             self.closed = True

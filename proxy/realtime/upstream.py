@@ -109,7 +109,7 @@ async def open_upstream(
                 additional_headers=[*headers, (name.decode("latin-1"), value.decode("latin-1"))],
                 subprotocols=subprotocols,  # type: ignore[arg-type]
                 user_agent_header=None,  # the client's own User-Agent went in the headers
-                compression=None,  # messages pass as they are (proxy/realtime/README.md)
+                compression=None,  # messages pass as they are (docs/realtime.md)
                 open_timeout=settings.connect_timeout,
                 ping_interval=settings.realtime_ping_interval,
                 ping_timeout=settings.realtime_ping_interval,
