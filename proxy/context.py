@@ -164,6 +164,11 @@ def new_context(scope: Scope) -> RequestContext:
     """Build the context for an HTTP request or a WebSocket and route it (validation included)."""
     headers = request_headers(scope)
     raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+    websocket = scope["type"] == "websocket"
+    if websocket and raw_path.startswith(b"//ws/"):
+        # @google/genai's live client (JavaScript) joins its base URL, which always
+        # ends in "/", and "/ws/…"; Google's servers accept the "//", so must we.
+        raw_path = raw_path[1:]
     client = scope.get("client")
     ctx = RequestContext(
         request_id=_request_id(headers),
@@ -172,7 +177,6 @@ def new_context(scope: Scope) -> RequestContext:
         path=raw_path[:512].decode("latin-1"),
         client=client[0] if client else None,
     )
-    websocket = scope["type"] == "websocket"
     if raw_path.startswith(API_PREFIX) and not websocket:
         ctx.kind = "api"
         return ctx

@@ -125,7 +125,7 @@ async def test_openai_js_through_sluice(
     tls_sluice: SluiceProcess, mock: MockHandle, tls: TlsFiles, modality: str
 ) -> None:
     out = run_openai(f"{tls_sluice.url}/v1", tls, CLIENT_KEY, modality)
-    rec = await session_record(mock, "/openai-prefix/realtime")
+    rec = await session_record(mock, "/openai-prefix/v1/realtime")
     assert rec.headers["authorization"] == f"Bearer {CANARY_KEYS['OPENAI_API_KEY']}"
     assert CLIENT_KEY not in json.dumps(rec.headers) + rec.query
     check_openai(out, rec, modality, mock.state.default_tokens)
