@@ -28,8 +28,18 @@ from proxy.limits import Limits
 from proxy.mock import MockHandle
 from tests.accesslog import read_lines, wait_for_line
 from tests.conftest import CANARIES, CANARY_KEYS, SluiceFactory, SluiceProcess
+from tests.procfs import status_kib
 from tests.service_account import make_service_account
-from tests.ws_upstream import BIG, CUT_CODE, CUT_REASON, GEMINI_EVENTS, OPENAI_EVENTS, WsUpstream, _dump
+from tests.ws_upstream import (
+    BIG,
+    CHUNK,
+    CUT_CODE,
+    CUT_REASON,
+    GEMINI_EVENTS,
+    OPENAI_EVENTS,
+    WsUpstream,
+    _dump,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -71,6 +81,7 @@ def _keys(keys_file: Path) -> dict[str, str]:
         "gemini-only": create_key(keys_file, "gemini-only", Limits(), ("gemini",), ("gemini-allowed",)),
         "tpm": create_key(keys_file, "tpm", Limits(tpm=25)),
         "single": create_key(keys_file, "single", Limits(concurrency=1)),
+        "rpm": create_key(keys_file, "rpm", Limits(rpm=2)),
     }
 
 
@@ -393,6 +404,55 @@ async def test_a_session_holds_its_concurrency_slot_while_open(rt: Realtime) -> 
         assert closed.rcvd is not None and closed.rcvd.code == 1013
     async with rt.openai(rt.keys["single"]).realtime.connect(model="gpt-echo") as conn:
         await conn.recv_bytes()  # the slot came back at close
+
+
+async def test_a_session_is_one_request_against_rpm(rt: Realtime) -> None:
+    headers = {"authorization": f"Bearer {rt.keys['rpm']}"}
+    async with connect(f"{rt.ws}/v1/realtime?model=gpt-echo", additional_headers=headers) as ws:
+        await ws.recv()
+        for _ in range(5):  # messages within a session are not requests
+            await ws.send("ping")
+            assert await ws.recv() == "ping"
+    async with connect(f"{rt.ws}/v1/realtime?model=gpt-echo", additional_headers=headers) as ws:
+        await ws.recv()
+    async with connect(f"{rt.ws}/v1/realtime?model=gpt-echo", additional_headers=headers) as ws:
+        code, reason = await _close_of(ws)
+    assert code == 1013 and reason.startswith("Rate limit reached for this key (rpm")
+
+
+async def test_a_client_close_code_and_reason_reach_the_upstream(rt: Realtime) -> None:
+    headers = {"authorization": f"Bearer {rt.keys['open']}"}
+    async with connect(f"{rt.ws}/v1/realtime?model=gpt-echo", additional_headers=headers) as ws:
+        await ws.recv()
+        await ws.close(4321, "the user hung up")
+    session = rt.upstream.last()
+    assert session.closed.wait(5) and (session.close_code, session.close_reason) == (4321, "the user hung up")
+
+
+async def test_a_client_that_stops_reading_holds_the_upstream_back(rt: Realtime) -> None:
+    """Backpressure, not buffering: an upstream flooding a client that reads nothing is held back."""
+    headers = {"authorization": f"Bearer {rt.keys['open']}"}
+    pid = rt.sluice.proc.pid
+    before = status_kib(pid, "VmRSS")
+    async with connect(
+        f"{rt.ws}/v1/realtime?model=flood", additional_headers=headers, max_queue=1, max_size=None
+    ) as ws:
+        await ws.recv()  # session.created
+        await ws.send("go")
+        session = rt.upstream.last()
+        await asyncio.sleep(3)  # reading nothing
+        stalled = session.sent
+        await asyncio.sleep(1)
+        assert session.sent == stalled, "the upstream kept sending to a client that reads nothing"
+        grown_mib = (status_kib(pid, "VmRSS") - before) / 1024
+        # Socket buffers on loopback hold a few MiB; without backpressure it would be gigabytes.
+        assert stalled * CHUNK < 64 * 1024 * 1024 and grown_mib < 32
+        for _ in range(stalled):  # reading again lets it go on
+            assert len(await ws.recv()) == CHUNK
+            if session.sent > stalled:
+                break
+        assert session.sent > stalled
+    print(f"flood held back after {stalled} messages of 64 KiB; Sluice's RSS grew {grown_mib:.1f} MiB")
 
 
 # --- idle timeout and drain ------------------------------------------------------------------------

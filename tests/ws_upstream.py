@@ -14,6 +14,8 @@ and when the session closed. The model picks the script: OpenAI's from
   ``4011 "upstream exploded"``.
 * ``silent``: never sends anything.
 * ``big``: answers any message with one of :data:`BIG` bytes.
+* ``flood``: answers a message with binary messages of :data:`CHUNK` bytes,
+  as fast as they are taken, for ever (``Session.sent`` counts them).
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ GEMINI_EVENTS = [
 ]
 CUT_CODE, CUT_REASON = 4011, "upstream exploded"
 BIG = 2 * 1024 * 1024
+CHUNK = 64 * 1024
 
 
 def _dump(event: dict[str, Any]) -> str:
@@ -69,6 +72,7 @@ class Session:
     close_reason: str | None = None
     closed_at: float | None = None  # time.monotonic()
     closed: threading.Event = field(default_factory=threading.Event)
+    sent: int = 0  # messages sent by the flood script
 
 
 class WsUpstream:
@@ -152,6 +156,11 @@ class WsUpstream:
         if session.model == "big":
             await ws.send(b"x" * BIG)
             return
+        if session.model == "flood":
+            chunk = b"f" * CHUNK
+            while True:
+                await ws.send(chunk)  # returns once the socket's buffer has room
+                session.sent += 1
         text = message if isinstance(message, str) else message.decode("latin-1")
         if "response.create" not in text and "clientContent" not in text:
             await ws.send(message)  # echoed as it came, text or binary

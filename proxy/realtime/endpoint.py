@@ -32,6 +32,7 @@ from ..keys import ClientKey
 from ..pool import CredentialPool
 from .refusal import SessionSend
 from .relay import Relay
+from .routes import is_vertex
 from .stats import STATS_KEY, SessionStats
 from .upstream import Refused, candidates, open_upstream
 from .usage import SessionUsage
@@ -79,11 +80,7 @@ class Realtime:
         if not candidates(pool, route):
             upstream = self.settings.upstreams[route.provider]
             ctx.outcome, ctx.detail = "unavailable", "no_provider_key"
-            what = (
-                "Vertex AI service account"
-                if route.upstream_path.startswith("/ws/google.cloud")
-                else "API key"
-            )
+            what = "Vertex AI service account" if is_vertex(route) else "API key"
             message = f"Sluice has no {route.provider} {what} configured; set {upstream.key_setting}."
             await send_error(send, route.provider, 503, message)
             return
@@ -115,7 +112,11 @@ class Realtime:
             ctx.model = setup_model(first)
             key = ctx.key
             if isinstance(key, ClientKey) and key.models is not None and not key.allows_model(ctx.model):
-                reason = f"This key may not use the model {ctx.model!r}."
+                reason = (
+                    f"This key may not use the model {ctx.model!r}."
+                    if ctx.model is not None
+                    else "The first message must be a setup naming the model."
+                )
                 await self._refuse(send, ctx, 1008, reason, 403, "rejected_auth", "model")
                 return
         try:

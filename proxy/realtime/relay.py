@@ -101,9 +101,16 @@ class Relay:
                 )
                 if self.aborted:
                     end = _End("sluice", GOING_AWAY, "Sluice is shutting down")
+                elif outbound in done:
+                    end = outbound.result()
                 elif done:
-                    task = inbound if inbound in done else outbound
-                    end = task.result() if not task.cancelled() else _End("sluice", GOING_AWAY, "")
+                    end = inbound.result()
+                    if end.side == "upstream":
+                        # The client's message met the upstream's close: what the upstream
+                        # sent before closing still goes to the client, in order, then its close.
+                        await asyncio.wait([outbound], timeout=self.idle_timeout)
+                        if outbound.done() and not outbound.cancelled():
+                            end = outbound.result()
                 elif loop.time() - self.last >= self.idle_timeout:
                     end = _End("sluice", NORMAL, f"idle for {self.idle_timeout:g} s")
         finally:
