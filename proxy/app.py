@@ -17,6 +17,7 @@ from .dashboard import dashboard_routes
 from .dispatch import Dispatch, SluiceApp
 from .middleware import build_chain
 from .passthrough import Passthrough
+from .realtime.endpoint import Realtime
 from .services import Services
 
 
@@ -25,7 +26,8 @@ def create_app(settings: Settings) -> SluiceApp:
     services = Services.build(settings)
     passthrough = Passthrough(settings, services.upstream, services.drain, services.pools)
     chat = ChatApi(services)
-    chain = build_chain(Dispatch(passthrough, api=chat), services)
+    realtime = Realtime(settings, services.drain, services.pools)
+    chain = build_chain(Dispatch(passthrough, api=chat, realtime=realtime), services)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

@@ -145,6 +145,12 @@ class Settings:
     chat: ChatSettings = field(default_factory=ChatSettings)
     # name -> "provider/model", rewritten on the passthrough (proxy/modelpolicy.py).
     model_aliases: Mapping[str, str] = field(default_factory=dict)
+    # Realtime sessions (WebSockets, proxy/realtime): the largest message
+    # either way, the silence after which a session is closed, and how often
+    # each side is pinged (so idle sessions survive nginx and NATs).
+    realtime_max_message: int = 16 * 1024 * 1024
+    realtime_idle_timeout: float = 600.0
+    realtime_ping_interval: float = 20.0
     # Sluice's own TLS (proxy/tls.py): both or neither.
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
@@ -301,6 +307,11 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
         ),
         "http": _parse(env, "SLUICE_HTTP", "fast", _choice(*HTTP_MODES)),
         "model_aliases": _parse(env, "SLUICE_MODEL_ALIASES", _NO_ALIASES, _aliases),
+        "realtime_max_message": _parse(
+            env, "SLUICE_REALTIME_MAX_MESSAGE", 16 * 1024 * 1024, _int_between(1024, 1 << 30)
+        ),
+        "realtime_idle_timeout": _parse(env, "SLUICE_REALTIME_IDLE_TIMEOUT", 600.0, _positive_float),
+        "realtime_ping_interval": _parse(env, "SLUICE_REALTIME_PING_INTERVAL", 20.0, _positive_float),
         "ssl_certfile": _parse(env, "SLUICE_SSL_CERTFILE", None, Path),
         "ssl_keyfile": _parse(env, "SLUICE_SSL_KEYFILE", None, Path),
     }

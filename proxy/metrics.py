@@ -192,10 +192,27 @@ class Metrics:
         self.limiter_errors = Counter(
             "sluice_limiter_errors_total", "Rate-limit backend failures, by the policy applied.", ("policy",)
         )
+        # Realtime sessions (WebSockets, proxy/realtime): counted apart from
+        # requests, so a session of minutes does not skew request latency.
+        self.sessions_open = Gauge("sluice_realtime_sessions", "Realtime sessions open.", ("provider",))
+        self.sessions = Counter(
+            "sluice_realtime_sessions_total",
+            "Realtime sessions ended, by provider, outcome and close code.",
+            ("provider", "outcome", "close_code"),
+        )
+        self.session_messages = Counter(
+            "sluice_realtime_messages_total",
+            "Realtime messages relayed, by provider and direction (in: client to upstream).",
+            ("provider", "direction"),
+        )
+        self.session_bytes = Counter(
+            "sluice_realtime_bytes_total", "Realtime message bytes relayed.", ("provider", "direction")
+        )
         self._all = (
             self.requests, self.in_flight, self.ttfb, self.duration, self.tokens,
             self.upstream_errors, self.rate_limited, self.auth_rejections, self.limiter_errors,
             self.failovers, self.key_requests,
+            self.sessions_open, self.sessions, self.session_messages, self.session_bytes,
         )  # fmt: skip
 
     def request_started(self, ctx: RequestContext) -> str:
@@ -219,6 +236,30 @@ class Metrics:
             self.ttfb.observe(ctx.ttfb, by_provider)
         if ctx.outcome == "upstream_error":
             self.upstream_errors.inc((provider, ctx.detail or "unknown"))
+        if ctx.usage is not None:
+            self.count_tokens(provider, ctx.key_name or "", ctx.usage)
+
+    def session_started(self, provider: str) -> None:
+        self.sessions_open.inc((provider,))
+
+    def session_ended(
+        self,
+        ctx: RequestContext,
+        frames_in: int,
+        frames_out: int,
+        close_code: int | None,
+        started_label: str,
+    ) -> None:
+        """A realtime session's end: its count, messages, bytes and tokens."""
+        provider = ctx.provider or "none"
+        self.sessions_open.dec((started_label,))
+        self.sessions.inc((provider, ctx.outcome, str(close_code or 0)))
+        if frames_in:
+            self.session_messages.inc((provider, "in"), frames_in)
+            self.session_bytes.inc((provider, "in"), ctx.bytes_in)
+        if frames_out:
+            self.session_messages.inc((provider, "out"), frames_out)
+            self.session_bytes.inc((provider, "out"), ctx.bytes_out)
         if ctx.usage is not None:
             self.count_tokens(provider, ctx.key_name or "", ctx.usage)
 

@@ -69,7 +69,8 @@ class Passthrough:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            # Provider APIs are plain HTTP; refuse anything else up front.
+            # WebSockets are realtime sessions, which Dispatch sends to
+            # proxy/realtime; one that reaches here anyway is refused.
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
             return

@@ -18,7 +18,7 @@ from uvicorn.supervisors import Multiprocess
 from .app import create_app
 from .config import Settings
 from .dispatch import SluiceApp
-from .http import server_options
+from .http import server_options, websocket_options
 from .redact import redacting
 from .tls import uvicorn_options as tls_options
 
@@ -85,6 +85,8 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         factory=True,
         # The server protocol, the event loop and the logging set-up.
         **server_options(settings.http, logging_config(settings.log_level)),
+        # Realtime sessions: the message size limit, keepalive pings (proxy/realtime).
+        **websocket_options(settings.realtime_max_message, settings.realtime_ping_interval),
         lifespan="on",
         workers=settings.workers,
         # uvicorn's access log prints query strings, and Gemini clients may put

@@ -107,6 +107,8 @@ BOTH_MODES = frozenset(
         "test_failover",
         "test_security",
         "test_chat_api",
+        "test_realtime",
+        "test_realtime_sdk",
         "test_tls",
         "test_redaction",
         "test_code_assist",

@@ -24,6 +24,7 @@ from ..jsonread import loads
 from ..keys import ClientKey, KeyStore
 from ..metrics import Metrics
 from ..modelpolicy import PolicyError, effective_model
+from ..realtime.routes import BROWSER_KEY_PROTOCOL
 from ..routing import query_key
 
 logger = logging.getLogger("sluice.auth")
@@ -33,8 +34,9 @@ def presented_key(scope: Scope) -> str | None:
     """The client's credential, from the first place an SDK would put it.
 
     Preferred in this order: ``x-goog-api-key``, ``x-api-key``, ``api-key``
-    (each the last one sent, if not empty), a ``Bearer`` authorization, and
-    Gemini's ``?key=``.
+    (each the last one sent, if not empty), a ``Bearer`` authorization,
+    Gemini's ``?key=``, and on a WebSocket the browser's subprotocol form
+    ``openai-insecure-api-key.<key>`` (a browser cannot set headers).
     """
     goog = x_api = api = bearer = b""
     for name, value in request_headers(scope):
@@ -52,7 +54,13 @@ def presented_key(scope: Scope) -> str | None:
     if found:
         return found.decode("latin-1")
     key = query_key(scope["query_string"])
-    return key.decode("latin-1") if key is not None else None
+    if key is not None:
+        return key.decode("latin-1")
+    if scope["type"] == "websocket":
+        for protocol in scope.get("subprotocols", ()):
+            if protocol.startswith(BROWSER_KEY_PROTOCOL):
+                return protocol[len(BROWSER_KEY_PROTOCOL) :] or None
+    return None
 
 
 def model_from_json(body: bytes) -> str | None:
@@ -122,8 +130,10 @@ class Auth:
         if not key.allows_provider(provider):
             await self._reject(ctx, send, 403, "provider", f"This key may not use the {provider} API.")
             return
-        if key.models is not None:
-            if ctx.model is None and ctx.route is not None and scope["method"] == "POST":
+        if key.models is not None and not (ctx.kind == "realtime" and ctx.provider == "gemini"):
+            # (Gemini Live names its model in its first message: the realtime
+            # endpoint checks it against ctx.key once it has read it.)
+            if ctx.model is None and ctx.route is not None and scope.get("method") == "POST":
                 body, receive = await read_body(receive, self.max_inspect_bytes)
                 if body is None:
                     await self._reject(
