@@ -14,14 +14,21 @@ import base64
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import google.auth.transport.requests
 import pytest
+import requests
 import websockets
+from google import genai
 from google.genai import errors as genai_errors
+from google.genai import types as genai_types
+from google.oauth2 import service_account
 from websockets.asyncio.client import connect
 
 from proxy.mock import MockHandle, MockRecord, mock_audio, mock_tokens, start_mock_in_thread
 from tests.realtime_clients import GUARD, TlsFiles, gemini_session, genai_client, openai_session, tls_files
+from tests.service_account import make_service_account
 
 GEMINI_WS = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
 
@@ -235,6 +242,34 @@ async def test_gemini_first_message_must_be_setup(mock: MockHandle, tls: TlsFile
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1007
     rec = await ended(mock, "BidiGenerateContent")
     assert rec.outcome == "error_injected" and rec.close_code == 1007
+
+
+async def test_vertex_live_behind_an_issued_token(mock: MockHandle, tls: TlsFiles, tmp_path: Path) -> None:
+    """google-genai in Vertex AI mode: a service account's token from the mock, then a session."""
+    session = requests.Session()
+    session.verify, session.trust_env = str(tls.ca), False  # trust_env: REQUESTS_CA_BUNDLE would win
+    creds = service_account.Credentials.from_service_account_file(
+        str(make_service_account(mock, tmp_path)), scopes=["https://www.googleapis.com/auth/cloud-platform"]
+    )
+    creds.refresh(google.auth.transport.requests.Request(session))
+    options = genai_types.HttpOptions(base_url=mock.url, async_client_args={"ssl": tls.client_context()})
+    client = genai.Client(
+        vertexai=True, credentials=creds, project="p", location="us-central1", http_options=options
+    )
+    turn = await asyncio.wait_for(gemini_session(client, modalities=["TEXT"]), GUARD)
+    assert turn.text == mock_tokens(5) and turn.usage.response_token_count == 5  # candidatesTokenCount
+    rec = await ended(mock, "BidiGenerateContent")
+    assert rec.path.endswith("/ws/google.cloud.aiplatform.v1beta1.LlmBidiService/BidiGenerateContent")
+    assert rec.headers["authorization"] == f"Bearer {creds.token}"
+    assert json.loads(rec.frames_in[0])["setup"]["model"] == (
+        "projects/p/locations/us-central1/publishers/google/models/gemini-live-2.5-flash"
+    )
+    with pytest.raises(websockets.InvalidStatus) as refused:  # a token the mock never issued
+        bogus = {"authorization": "Bearer ya29.bogus"}
+        async with connect(ws_url(mock, rec.path), ssl=tls.client_context(), additional_headers=bogus):
+            pass
+    assert refused.value.response.status_code == 401
+    assert json.loads(refused.value.response.body)["error"]["status"] == "UNAUTHENTICATED"
 
 
 # ------------------------------------------------------------------- controls

@@ -14,6 +14,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,11 +24,18 @@ import httpx
 import openai
 import pytest
 import trustme
+import uvicorn
 from google import genai
 from google.genai import types as genai_types
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
+from proxy.asgi import Receive, Scope, Send
 from proxy.config import ConfigError, load_settings
+from proxy.http import HTTP_MODES, server_options
 from proxy.mock import MockHandle, mock_tokens
+from proxy.server import bind_socket
+from proxy.tls import uvicorn_options
 from tests.conftest import SluiceFactory, SluiceProcess, clean_env, upstream_env
 from tests.ws_handshake import handshake
 
@@ -71,7 +79,7 @@ def test_tls_needs_both_files_or_neither(tmp_path: Path) -> None:
     assert info.value.setting == "SLUICE_SSL_CERTFILE"
 
 
-def _problem(tmp_path: Path, cert: Path, key: Path) -> ConfigError:
+def _problem(cert: Path, key: Path) -> ConfigError:
     with pytest.raises(ConfigError) as info:
         load_settings({"SLUICE_SSL_CERTFILE": str(cert), "SLUICE_SSL_KEYFILE": str(key)})
     return info.value
@@ -79,16 +87,16 @@ def _problem(tmp_path: Path, cert: Path, key: Path) -> ConfigError:
 
 def test_tls_files_are_checked_at_start(tmp_path: Path) -> None:
     pki = make_pki(tmp_path)
-    missing = _problem(tmp_path, tmp_path / "nope.pem", pki.key)
+    missing = _problem(tmp_path / "nope.pem", pki.key)
     assert (missing.setting, "cannot read" in missing.problem) == ("SLUICE_SSL_CERTFILE", True)
     # A key that is not the certificate's.
     (tmp_path / "other").mkdir()
     other = make_pki(tmp_path / "other")
-    mismatch = _problem(tmp_path, pki.cert, other.key)
+    mismatch = _problem(pki.cert, other.key)
     assert mismatch.setting == "SLUICE_SSL_CERTFILE" and "cannot load" in mismatch.problem
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
-    assert "cannot load" in _problem(tmp_path, garbage, pki.key).problem
+    assert "cannot load" in _problem(garbage, pki.key).problem
 
 
 def test_an_encrypted_key_is_refused_instead_of_asking_for_a_passphrase(tmp_path: Path) -> None:
@@ -104,7 +112,7 @@ def test_an_encrypted_key_is_refused_instead_of_asking_for_a_passphrase(tmp_path
             serialization.BestAvailableEncryption(b"secret"),
         )
     )
-    problem = _problem(tmp_path, pki.cert, encrypted)
+    problem = _problem(pki.cert, encrypted)
     assert problem.setting == "SLUICE_SSL_KEYFILE" and "encrypted" in problem.problem
 
 
@@ -222,3 +230,61 @@ def test_plain_http_to_the_tls_port_fails_at_once(tls_sluice: TlsSluice) -> None
     # And the port still serves TLS.
     with httpx.Client(verify=tls_sluice.pki.client_context()) as client:
         assert client.get(f"{tls_sluice.url}/healthz").status_code == 200
+
+
+# ------------------------------------------------- the transports over TLS
+
+
+async def _echo_then_close(scope: Scope, receive: Receive, send: Send) -> None:
+    """HTTP: the scope's scheme. WebSocket: accept, echo one message, close with 1008 "bye"."""
+    if scope["type"] == "http":
+        body = scope["scheme"].encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", b"%d" % len(body))],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        return
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    message = await receive()
+    await send({"type": "websocket.send", "text": f"echo:{message['text']} over {scope['scheme']}"})
+    await send({"type": "websocket.close", "code": 1008, "reason": "bye"})
+
+
+@pytest.mark.parametrize("mode", HTTP_MODES)
+async def test_an_accepted_websocket_runs_over_tls_in_both_transports(mode: str, tmp_path: Path) -> None:
+    """What realtime needs below Sluice's app: the transport's protocol, then the WebSocket protocol
+    it hands the upgrade to, on the TLS transport of the production event loop (as Sluice configures
+    uvicorn: server_options and proxy/tls.py), with a session accepted, messages both ways and a close."""
+    pki = make_pki(tmp_path)
+    options = {**server_options(mode, {}), "log_config": None}  # leave this process's logging alone
+    config = uvicorn.Config(
+        _echo_then_close, lifespan="off", log_level="warning", **options, **uvicorn_options(pki.cert, pki.key)
+    )
+    server, sock = uvicorn.Server(config), bind_socket("127.0.0.1", 0)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive()
+            await asyncio.sleep(0.02)
+        port = sock.getsockname()[1]
+        tls = pki.client_context()
+        async with httpx.AsyncClient(verify=tls) as client:
+            assert (await client.get(f"https://127.0.0.1:{port}/")).text == "https"
+        async with connect(f"wss://127.0.0.1:{port}/rt", ssl=tls, open_timeout=10) as ws:
+            await ws.send("hi")
+            assert await asyncio.wait_for(ws.recv(), 10) == "echo:hi over wss"
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1008, "bye")
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()

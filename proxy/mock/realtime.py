@@ -1,13 +1,16 @@
 """The mock provider's realtime WebSocket endpoints: OpenAI Realtime and Gemini Live.
 
 A WebSocket upgrade to a path ending in ``/realtime`` (OpenAI, under any
-prefix: ``/v1/realtime?model=…``) or in
+prefix: ``/v1/realtime?model=…``), in
 ``/ws/google.ai.generativelanguage.{v1,v1alpha,v1beta}.GenerativeService.BidiGenerateContent``
-(and ``…Constrained``, Gemini Live) opens a session that speaks that
-provider's protocol well enough for the official SDKs (the dialects live in
-:mod:`.realtime_openai` and :mod:`.realtime_gemini`): scripted replies made of
-:func:`~proxy.mock.formats.mock_tokens`, audio made of :func:`mock_audio`, and
-usage.
+(and ``…Constrained``: Gemini Live) or in Vertex AI's
+``/ws/google.cloud.aiplatform.{v1,v1beta1}.LlmBidiService/BidiGenerateContent``
+(Gemini Live behind an access token the mock's ``/token`` issued) opens a
+session that speaks that provider's protocol well enough for the official
+SDKs (the dialects live in :mod:`.realtime_openai` and
+:mod:`.realtime_gemini`): scripted replies made of
+:func:`~proxy.mock.formats.mock_tokens`, audio made of :func:`mock_audio`,
+and usage.
 
 Each session is one :class:`~proxy.mock.server.MockRecord`: its handshake
 headers and query (the credential the upstream saw), every message in each
@@ -56,6 +59,7 @@ OPENAI_PATH = re.compile(r"/realtime$")
 GEMINI_PATH = re.compile(
     r"/ws/google\.ai\.generativelanguage\.v1(?:alpha|beta)?\.GenerativeService\.BidiGenerateContent(?:Constrained)?$"
 )
+VERTEX_PATH = re.compile(r"/ws/google\.cloud\.aiplatform\.v1(?:beta1)?\.LlmBidiService/BidiGenerateContent$")
 _AUDIO_PATTERN = bytes(range(251))
 
 
@@ -67,7 +71,7 @@ def mock_audio(size: int) -> bytes:
 def is_realtime(request: web.BaseRequest, path: str) -> bool:
     """A WebSocket upgrade to one of the realtime paths."""
     upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
-    return upgrade and bool(OPENAI_PATH.search(path) or GEMINI_PATH.search(path))
+    return upgrade and any(p.search(path) for p in (OPENAI_PATH, GEMINI_PATH, VERTEX_PATH))
 
 
 def _controls(headers: Mapping[str, str], query: Mapping[str, str]) -> dict[str, str]:
@@ -222,17 +226,15 @@ def _dialect(path: str, session: Session, state: MockState) -> Dialect:
 
     if session.ctl.echo:
         return _Echo(session)
-    if GEMINI_PATH.search(path):
-        return GeminiLive(session)
+    if GEMINI_PATH.search(path) or VERTEX_PATH.search(path):
+        return GeminiLive(session, vertex=bool(VERTEX_PATH.search(path)))
     return OpenAIRealtime(session, session.request.query.get("model", "gpt-realtime"))
 
 
-async def _refuse(rec: MockRecord, provider: str, status: int, headers: Mapping[str, str]) -> web.Response:
-    from .server import _injected_message  # the HTTP routes' wording, credential quoted and all
-
+async def _refuse(rec: MockRecord, provider: str, status: int, message: str) -> web.Response:
     rec.status = status
     rec.close("error_injected")
-    body = fmt.dumps(fmt.error_body(provider, status, _injected_message(status, headers)))
+    body = fmt.dumps(fmt.error_body(provider, status, message))
     rec.add_sent(body)
     return web.Response(body=body, status=status, content_type="application/json", charset="utf-8")
 
@@ -240,14 +242,19 @@ async def _refuse(rec: MockRecord, provider: str, status: int, headers: Mapping[
 async def serve(request: web.Request, rec: MockRecord, state: MockState) -> web.StreamResponse:
     """Answer one realtime upgrade and run the session until either side ends it."""
     ctl = RealtimeControl.parse(_controls(rec.headers, request.query), state)
-    provider = "gemini" if GEMINI_PATH.search(rec.path) else "openai"
+    from .server import _injected_message  # the HTTP routes' wording, credential quoted and all
+
+    provider = "openai" if OPENAI_PATH.search(rec.path) else "gemini"
     if ctl.headers_delay_s:
         await asyncio.sleep(ctl.headers_delay_s)
     if ctl.status is not None and ctl.status >= 400:
-        return await _refuse(rec, provider, ctl.status, rec.headers)
+        return await _refuse(rec, provider, ctl.status, _injected_message(ctl.status, rec.headers))
     rule = state.key_rule_for(auth.presented_credentials(rec.headers, rec.query))
     if rule is not None:
-        return await _refuse(rec, provider, rule.status, rec.headers)
+        return await _refuse(rec, provider, rule.status, _injected_message(rule.status, rec.headers))
+    if VERTEX_PATH.search(rec.path) and not state.token_valid(auth.bearer_token(rec.headers)):
+        # Vertex AI wants an access token our token endpoint issued, as its HTTP routes do.
+        return await _refuse(rec, provider, 401, auth.UNAUTHENTICATED_MESSAGE)
     # No size limit (a test may send a large frame) and no pings of our own.
     ws = web.WebSocketResponse(max_msg_size=0, compress=ctl.compress, autoping=True)
     await ws.prepare(request)

@@ -18,7 +18,7 @@ sends its messages as binary frames of JSON.
 Usage is deterministic: prompt text tokens are the client text bytes / 4 (at
 least 1), prompt audio tokens 25 per second of 16 kHz PCM16 (one per 1,280
 bytes); response tokens are the scripted tokens for text, one per started
-1,920 bytes (24 kHz) for audio.
+1,920 bytes (24 kHz) for audio (Vertex AI calls them ``candidatesTokenCount``).
 """
 
 from __future__ import annotations
@@ -66,8 +66,14 @@ def _b64_size(data: object) -> int:
 class GeminiLive:
     """One Gemini Live session: the setup, the turn's input, the reply script."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, vertex: bool = False) -> None:
         self.s = session
+        # Vertex AI names the reply's usage after candidates, the Gemini API after the response.
+        self.out_count, self.out_details = (
+            ("candidatesTokenCount", "candidatesTokensDetails")
+            if vertex
+            else ("responseTokenCount", "responseTokensDetails")
+        )
         self.setup: JSON | None = None
         self.text_bytes = 0
         self.audio_bytes = 0
@@ -168,10 +174,8 @@ class GeminiLive:
             prompt.append({"modality": "AUDIO", "tokenCount": audio_in})
         return {
             "promptTokenCount": text_in + audio_in,
-            "responseTokenCount": out,
+            self.out_count: out,
             "totalTokenCount": text_in + audio_in + out,
             "promptTokensDetails": prompt,
-            "responseTokensDetails": [
-                {"modality": "AUDIO" if audio_out_bytes else "TEXT", "tokenCount": out}
-            ],
+            self.out_details: [{"modality": "AUDIO" if audio_out_bytes else "TEXT", "tokenCount": out}],
         }
