@@ -203,10 +203,8 @@ async def test_a_websocket_upgrade_over_tls_reaches_sluice(tls_sluice: TlsSluice
     """wss:// through the TLS socket and the transport's protocol to the WebSocket protocol and the app."""
     wss = tls_sluice.url.replace("https://", "wss://")
     got = await handshake(f"{wss}/v1/realtime?model=tls-probe", tls=tls_sluice.pki.client_context())
-    # Sluice has no realtime route yet (issue 23): its app closes the socket
-    # before accepting, which uvicorn's WebSocket protocol answers with a 403;
-    # once realtime lands, a refusal may instead be a close frame.
-    assert (got.outcome, got.status) == ("refused", 403) or (got.outcome, got.code) == ("closed", 1008), got
+    # With realtime (issue 23) the session opens, through to the mock.
+    assert (got.outcome, got.status) == ("open", 101), got
     # The WebSocket protocol (not an HTTP 400 from the transport) logged it: the upgrade was seen.
     deadline = time.monotonic() + 10
     while '"WebSocket /v1/realtime?model=tls-probe"' not in tls_sluice.process.log():
