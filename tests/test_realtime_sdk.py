@@ -234,3 +234,32 @@ async def test_gemini_without_a_server_key_is_refused(
         await asyncio.wait_for(gemini_session(client, modalities=["TEXT"]), GUARD)
     assert refused.value.code == 1011
     assert str(refused.value) == "1011 None. Sluice has no gemini API key configured; set GEMINI_API_KEY."
+
+
+# --- the upstream's refusals at the handshake ----------------------------------------------------------
+
+
+async def test_a_refused_credential_fails_over_to_the_next_one(
+    mock: MockHandle, tls: TlsFiles, sluice_factory: SluiceFactory
+) -> None:
+    refused, good = "sk-refused-0123456789abcdef", "sk-good-0123456789abcdef"
+    mock.state.set_key_rule(refused, 401)
+    sluice = sluice_factory(
+        OPENAI_API_KEY=f"{refused},{good}", SLUICE_OPENAI_UPSTREAM=mock.url, **_tls_env(tls)
+    )
+    for _ in range(2):
+        turn = await asyncio.wait_for(
+            openai_session(f"{sluice.url}/v1", "client", modalities=["text"], tls=tls.client_context()), GUARD
+        )
+        assert turn.text == mock_tokens(5)
+    sessions = [r for r in mock.state.records if r.path == "/v1/realtime"]
+    # The refused key was tried once; then the pool stayed on the good one (sticky, as for HTTP).
+    assert [r.headers["authorization"] for r in sessions] == [f"Bearer {k}" for k in (refused, good, good)]
+    assert refused not in sluice.log() and good not in sluice.log()
+
+
+async def test_an_upstream_4xx_at_the_handshake_reaches_the_sdk_with_its_message(through: Through) -> None:
+    with pytest.raises(ConnectionClosedError) as closed:
+        await through.openai(modalities=["text"], headers={"x-mock-status": "404"})
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert closed.value.rcvd.reason.startswith("The openai upstream answered HTTP 404: ")
