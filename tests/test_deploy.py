@@ -317,14 +317,10 @@ async def test_a_websocket_handshake_through_nginx_reaches_sluice(deployment: De
         tls=deployment.tls,
         headers={"authorization": f"Bearer {key}"},
     )
-    # Sluice has no realtime route yet (issue 23): its app closes before
-    # accepting, which uvicorn's WebSocket protocol answers with an empty 403.
-    # Once realtime lands, a refusal may be a close frame: code and reason
-    # arrive as Sluice sent them.
-    if got.outcome == "refused":
-        assert got.status == 403 and got.body == b"", got  # nginx's own error pages are HTML
-    else:
-        assert got.outcome == "closed" and got.code == 1008, got
+    # Sluice accepts the session (the mock speaks OpenAI Realtime): a 101 with
+    # Sluice's own headers (its rate-limit headers), not an answer of nginx's.
+    assert got.outcome == "open" and got.status == 101, got
+    assert got.headers.get("ratelimit-limit") == "10000", got
     # Sluice's WebSocket protocol saw the handshake: nginx passed the upgrade on.
     deadline = time.monotonic() + 10
     while not any('"WebSocket /v1/realtime?model=through-nginx"' in s.log() for s in deployment.sluices):

@@ -203,7 +203,7 @@ async def test_a_websocket_upgrade_over_tls_reaches_sluice(tls_sluice: TlsSluice
     """wss:// through the TLS socket and the transport's protocol to the WebSocket protocol and the app."""
     wss = tls_sluice.url.replace("https://", "wss://")
     got = await handshake(f"{wss}/v1/realtime?model=tls-probe", tls=tls_sluice.pki.client_context())
-    # With realtime (issue 23) the session opens, through to the mock.
+    # With realtime merged, the session opens (the upstream is the mock, which speaks OpenAI Realtime).
     assert (got.outcome, got.status) == ("open", 101), got
     # The WebSocket protocol (not an HTTP 400 from the transport) logged it: the upgrade was seen.
     deadline = time.monotonic() + 10
