@@ -23,7 +23,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError
 
-from proxy.keys import create_key, revoke_key
+from proxy.keybook import create_key, revoke_key
 from proxy.limits import Limits
 from proxy.mock import MockHandle
 from tests.accesslog import read_lines, wait_for_line

@@ -22,7 +22,7 @@ import pytest
 from google.genai import errors as genai_errors
 from websockets.exceptions import ConnectionClosedError
 
-from proxy.keys import create_key, revoke_key
+from proxy.keybook import create_key, revoke_key
 from proxy.limits import Limits
 from proxy.mock import MockHandle, MockRecord, mock_audio, mock_tokens, start_mock_in_thread
 from tests.accesslog import read_lines

@@ -26,7 +26,7 @@ from google.genai import types as genai_types
 from uvicorn.logging import AccessFormatter, DefaultFormatter
 
 from proxy.http import server_options
-from proxy.keys import create_key
+from proxy.keybook import create_key
 from proxy.limits import Limits
 from proxy.mock import MockHandle
 from proxy.redact import REDACTED, RedactingFilter, loggable_target, redact

@@ -22,7 +22,7 @@ import pytest
 from google import genai
 from google.genai import types as genai_types
 
-from proxy.keys import create_key
+from proxy.keybook import create_key
 from proxy.limits import Limits
 from proxy.mock import MockHandle
 from tests.conftest import CANARIES, SluiceFactory, SluiceProcess, upstream_env
