@@ -15,13 +15,16 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 from .credentials import CredentialError, CredentialSpec, from_env_value
 from .credentials import from_config as credentials_from_config
 from .forwarded import Network, parse_networks
 from .http import HTTP_MODES, HttpMode
+
+if TYPE_CHECKING:
+    from .spend.rates import Rates
 
 ProviderName = Literal["openai", "gemini", "anthropic"]
 PROVIDERS: tuple[ProviderName, ...] = ("openai", "gemini", "anthropic")
@@ -54,7 +57,7 @@ AuthMode = Literal["auto", "on", "off"]
 FailurePolicy = Literal["open", "closed"]
 
 # The default middleware chain, outermost first. See proxy/middleware.
-DEFAULT_CHAIN: tuple[str, ...] = ("access_log", "auth", "rate_limit")
+DEFAULT_CHAIN: tuple[str, ...] = ("access_log", "auth", "budget", "rate_limit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +144,12 @@ class Settings:
     http: HttpMode = "fast"
     mock: bool = False
     chat: ChatSettings = field(default_factory=ChatSettings)
+    # Spend and budgets (proxy/spend): the SQLite ledger (None: beside the keys
+    # file, or in memory without one), the share of a budget that logs a
+    # warning, and the config file's [prices."provider/model"].
+    spend_db: Path | None = None
+    budget_warn_at: float = 0.8
+    prices: Mapping[tuple[str, str], Rates] = field(default_factory=dict)
 
     @property
     def auth_enforced(self) -> bool:
@@ -281,6 +290,8 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
             env, "SLUICE_LOG_LEVEL", "info", _choice("critical", "error", "warning", "info", "debug")
         ),
         "http": _parse(env, "SLUICE_HTTP", "fast", _choice(*HTTP_MODES)),
+        "spend_db": _parse(env, "SLUICE_SPEND_DB", None, Path),
+        "budget_warn_at": _parse(env, "SLUICE_BUDGET_WARN_AT", 0.8, _fraction),
     }
     values["chat"] = _chat_settings(env)
     config_file = _parse(env, "SLUICE_CONFIG", None, Path)
@@ -301,6 +312,13 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_exposure(settings)
     return settings
+
+
+def _fraction(raw: str) -> float:
+    value = float(raw.rstrip("%")) / (100 if raw.endswith("%") else 1)
+    if not 0 < value <= 1:
+        raise ValueError("must be a fraction above 0 and at most 1 (0.8 or 80%)")
+    return value
 
 
 def _boolean(raw: str) -> bool:
@@ -360,11 +378,19 @@ def _load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError("SLUICE_CONFIG", f"{path} is not valid TOML: {exc}") from None
     middleware = data.get("middleware", {})
     chat = data.get("chat", {})
-    unknown = set(data) - {"middleware", "chat", "providers"} | set(middleware) - {"chain", "options"}
+    sections = {"middleware", "chat", "providers", "prices"}
+    unknown = set(data) - sections | set(middleware) - {"chain", "options"}
     unknown |= {f"chat.{name}" for name in set(chat) - {"aliases"}} if isinstance(chat, dict) else set()
     if unknown:
         raise ConfigError("SLUICE_CONFIG", f"unknown entries in {path}: {', '.join(sorted(unknown))}")
     values: dict[str, Any] = {}
+    if "prices" in data:
+        from .spend.rates import parse_price_overrides  # config is imported before the context it needs
+
+        try:
+            values["prices"] = parse_price_overrides(data["prices"])
+        except ValueError as exc:
+            raise ConfigError("SLUICE_CONFIG", str(exc)) from None
     if "providers" in data:
         values["providers"] = data["providers"]  # read with the environment, in load_settings
     if "aliases" in chat:

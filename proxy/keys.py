@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 import tomli_w
 
@@ -54,6 +54,8 @@ class ClientKey:
     providers: tuple[str, ...] | None = None  # None: every provider
     models: tuple[str, ...] | None = None  # None: every model; else exact names or globs
     revoked: str | None = None
+    budget_usd: float | None = None  # spend allowed per budget_period (proxy/spend)
+    budget_period: Literal["day", "week", "month", "total"] | None = None
 
     def allows_provider(self, provider: str) -> bool:
         return self.providers is None or provider in self.providers
@@ -118,6 +120,7 @@ def _parse_entry(name: str, entry: Any) -> ClientKey:
         concurrency=_optional_int(entry, "concurrency", name),
     )
     revoked = entry.get("revoked")
+    budget_usd, budget_period = _budget(entry, name)
     return ClientKey(
         name=name,
         id=entry["id"],
@@ -127,7 +130,24 @@ def _parse_entry(name: str, entry: Any) -> ClientKey:
         providers=_optional_names(entry, "providers", name),
         models=_optional_names(entry, "models", name),
         revoked=revoked if isinstance(revoked, str) else None,
+        budget_usd=budget_usd,
+        budget_period=budget_period,
     )
+
+
+BudgetPeriod = Literal["day", "week", "month", "total"]
+BUDGET_PERIODS: Final[tuple[str, ...]] = get_args(BudgetPeriod)
+
+
+def _budget(entry: dict[str, Any], name: str) -> tuple[float | None, BudgetPeriod | None]:
+    usd, period = entry.get("budget_usd"), entry.get("budget_period")
+    if usd is None and period is None:
+        return None, None
+    if isinstance(usd, bool) or not isinstance(usd, int | float) or not 0 <= usd < float("inf"):
+        raise KeyFileError(f"key {name!r}: budget_usd must be a number of dollars, 0 or more")
+    if period not in BUDGET_PERIODS:
+        raise KeyFileError(f"key {name!r}: budget_period must be one of {', '.join(BUDGET_PERIODS)}")
+    return float(usd), period
 
 
 def read_keys(path: Path) -> dict[str, ClientKey]:
@@ -158,6 +178,9 @@ def _entry(key: ClientKey) -> dict[str, Any]:
         entry["models"] = list(key.models)
     if key.revoked is not None:
         entry["revoked"] = key.revoked
+    if key.budget_usd is not None and key.budget_period is not None:
+        entry["budget_usd"] = key.budget_usd
+        entry["budget_period"] = key.budget_period
     return entry
 
 
@@ -193,6 +216,7 @@ def create_key(
     limits: Limits,
     providers: tuple[str, ...] | None = None,
     models: tuple[str, ...] | None = None,
+    budget: tuple[float, BudgetPeriod] | None = None,
 ) -> str:
     """Add a key and return its secret, which is shown once and never stored."""
     if not name or any(c.isspace() or c in "\"'\\" for c in name):
@@ -205,7 +229,21 @@ def create_key(
             raise KeyFileError(f"a key named {name!r} exists; revoke it first")
         key_id, secret = new_secret()
         keys[name] = ClientKey(name, key_id, hash_key(secret), _now(), limits, providers, models)
+        if budget is not None:
+            keys[name] = dataclasses.replace(keys[name], budget_usd=budget[0], budget_period=budget[1])
     return secret
+
+
+def set_budget(path: Path, name: str, budget: tuple[float, BudgetPeriod] | None) -> None:
+    """Give an active key a budget, change it, or remove it (``None``).
+
+    Running servers notice within a second, as they notice any change to the file.
+    """
+    with locked(path) as keys:
+        if name not in keys or keys[name].revoked is not None:
+            raise KeyFileError(f"no active key named {name!r}")
+        usd, period = budget if budget is not None else (None, None)
+        keys[name] = dataclasses.replace(keys[name], budget_usd=usd, budget_period=period)
 
 
 def revoke_key(path: Path, name: str) -> None:

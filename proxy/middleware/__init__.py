@@ -23,6 +23,7 @@ from ..forwarded import TrustedProxies
 from ..gate import Gate
 from .access_log import AccessLog
 from .auth import Auth
+from .budget import Budget
 from .include_usage import IncludeUsage
 from .rate_limit import RateLimit
 
@@ -37,6 +38,7 @@ BUILTINS: Mapping[str, Builder] = {
     "access_log": lambda app, s: AccessLog(app, s.access_log, s.settings.log_bodies),
     "auth": lambda app, s: Auth(app, s.keys, s.metrics, s.settings.max_inspect_bytes),
     "rate_limit": lambda app, s: RateLimit(app, s.limiter, s.metrics, s.settings.redis_failure),
+    "budget": lambda app, s: Budget(app, s.spend, s.settings.redis_failure),
 }
 
 
@@ -47,6 +49,10 @@ IDLE: Mapping[str, Callable[[Services], bool]] = {
     "access_log": lambda s: not s.access_log.enabled,
     "auth": lambda s: s.keys is None,
     "rate_limit": lambda s: s.keys is None,
+    # Never idle: it prices every request (keys or not), and a key can gain a
+    # budget while Sluice runs (the keys file reloads), so nothing known at
+    # start says it will have nothing to do. See middleware/budget.py.
+    "budget": lambda s: False,
 }
 
 
@@ -74,6 +80,8 @@ def check_chain(chain: tuple[str, ...], services: Services) -> None:
         raise ConfigError(
             "SLUICE_CONFIG", "'rate_limit' must come after 'auth': it limits the key auth found"
         )
+    if "budget" in chain and "auth" in chain and chain.index("budget") < chain.index("auth"):
+        raise ConfigError("SLUICE_CONFIG", "'budget' must come after 'auth': it enforces the key auth found")
     duplicates = {name for name in chain if chain.count(name) > 1}
     if duplicates:
         raise ConfigError("SLUICE_CONFIG", f"middleware listed twice: {', '.join(sorted(duplicates))}")
