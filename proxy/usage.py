@@ -245,7 +245,7 @@ def _openai_usage(obj: object) -> Usage | None:
     # Cached prompt tokens (a part of the input, priced lower).
     details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
     if found is not None and isinstance(details, dict):
-        found.cache_read_tokens = _int(details, "cached_tokens")
+        found.cache_read_tokens = _int(details, "cached_tokens") or None
     return found
 
 
@@ -257,7 +257,7 @@ def _gemini_usage(obj: object) -> Usage | None:
     out = _sum(_int(meta, "candidatesTokenCount"), _int(meta, "thoughtsTokenCount"))
     found = _usage(_int(meta, "promptTokenCount"), out, _int(meta, "totalTokenCount"))
     if found is not None:  # context-cache hits, a part of promptTokenCount
-        found.cache_read_tokens = _int(meta, "cachedContentTokenCount")
+        found.cache_read_tokens = _int(meta, "cachedContentTokenCount") or None
     return found
 
 
@@ -282,7 +282,7 @@ def _anthropic_usage(obj: object, before: Usage | None = None) -> Usage | None:
     found = _usage(inp, out, total)
     if found is None:
         return before
-    found.cache_read_tokens, found.cache_write_tokens = read, write
+    found.cache_read_tokens, found.cache_write_tokens = read or None, write or None
     return found
 
 
