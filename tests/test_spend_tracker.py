@@ -27,7 +27,9 @@ from tests.redis_server import RedisServer, start_redis
 
 # $1 per million input and output tokens: 1,000 tokens cost $0.001.
 PRICES = parse_price_overrides({"openai/m1": {"input_per_mtok": 1, "output_per_mtok": 1}})
-KEY = ClientKey("alice", "aliceid00000", "sha256:0", "2026-01-01T00:00:00Z", budget_usd=0.01, budget_period="day")
+KEY = ClientKey(
+    "alice", "aliceid00000", "sha256:0", "2026-01-01T00:00:00Z", budget_usd=0.01, budget_period="day"
+)
 
 
 def request(key: str = "alice", model: str = "m1", tokens: int = 1000) -> RequestContext:
@@ -98,7 +100,7 @@ async def test_a_failing_store_loses_nothing() -> None:
     assert t.state(KEY, 0.01, "day").stale is False  # not yet: stale after a few seconds
     store.down = False
     await t.tick()
-    (row, tally), = await store.rows("0")
+    ((_row, tally),) = await store.rows("0")
     assert (tally.requests, tally.cost_nanos) == (2, 2_000_000)
     assert spent(t) == pytest.approx(0.002)
 
@@ -171,7 +173,7 @@ async def test_stop_writes_what_is_left(tmp_path: Path) -> None:
     t.record(request())
     await t.stop()
     reader = SqliteStore(path)
-    (row, tally), = await reader.rows("0")
+    ((_row, tally),) = await reader.rows("0")
     assert tally.cost_nanos == NANOS_PER_USD // 1000
     await reader.close()
 
@@ -184,7 +186,10 @@ def redis(tmp_path: Path) -> RedisServer:
 
 
 async def test_two_hosts_share_redis_and_survive_its_outage(redis: RedisServer, tmp_path: Path) -> None:
-    first, second = tracker(RedisStore(redis.url, op_timeout=0.5)), tracker(RedisStore(redis.url, op_timeout=0.5))
+    first, second = (
+        tracker(RedisStore(redis.url, op_timeout=0.5)),
+        tracker(RedisStore(redis.url, op_timeout=0.5)),
+    )
     first.record(request())
     first.record(request(key="bob"))
     await first.tick()

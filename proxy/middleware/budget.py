@@ -15,6 +15,11 @@ budget is reached finishes, and the budget may be overrun by about a second
 of the key's traffic. Every response to a budgeted key says what is left:
 ``x-sluice-budget-remaining-usd``.
 
+A budgeted key's OpenAI chat streams are asked for their usage
+(``stream_options.include_usage``, as ``SLUICE_OPENAI_INCLUDE_USAGE`` does
+for every key): without it OpenAI reports none, and the stream could not be
+priced.
+
 When the spend store cannot be read (Redis down) for more than a few
 seconds, ``SLUICE_REDIS_FAILURE`` decides for budgeted keys: ``open`` goes
 on with the last known spend plus this worker's own, ``closed`` answers 503.
@@ -38,6 +43,7 @@ from ..errors import QUOTA, send_error
 from ..keys import ClientKey
 from ..spend.periods import period_end
 from ..spend.tracker import SpendTracker
+from .include_usage import IncludeUsage
 
 REMAINING_HEADER = b"x-sluice-budget-remaining-usd"
 
@@ -45,10 +51,19 @@ REMAINING_HEADER = b"x-sluice-budget-remaining-usd"
 class Budget:
     """Pure ASGI middleware: spend recorded for every request, budgets enforced for keys that have one."""
 
-    def __init__(self, app: ASGIApp, tracker: SpendTracker, policy: FailurePolicy) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        tracker: SpendTracker,
+        policy: FailurePolicy,
+        include_usage_bytes: int | None = None,
+    ) -> None:
         self.app = app
         self.tracker = tracker
         self.policy = policy
+        # Where budgeted keys' requests go: through IncludeUsage unless every
+        # request already does (include_usage_bytes None).
+        self.budgeted_app = app if include_usage_bytes is None else IncludeUsage(app, include_usage_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = http_context(scope)
@@ -56,14 +71,13 @@ class Budget:
             await self.app(scope, receive, send)
             return
         key = ctx.key
-        if (
-            isinstance(key, ClientKey)
-            and key.budget_usd is not None
-            and not await self._admit(ctx, key, key.budget_usd, send)
-        ):
-            return
+        app = self.app
+        if isinstance(key, ClientKey) and key.budget_usd is not None:
+            if not await self._admit(ctx, key, key.budget_usd, send):
+                return
+            app = self.budgeted_app
         try:
-            await self.app(scope, receive, send)
+            await app(scope, receive, send)
         finally:
             self.tracker.record(ctx)
 
