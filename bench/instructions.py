@@ -1,6 +1,7 @@
 """Instructions per request, counted by callgrind: an A/B that machine noise cannot move.
 
-    .venv/bin/python -m bench.instructions [--chain] [--requests N] [--connections C] [--keep DIR] [TREE ...]
+    .venv/bin/python -m bench.instructions [--chain [--budget off|layer|on]] [--requests N]
+                                           [--connections C] [--keep DIR] [TREE ...]
 
 Wall-clock and CPU-time figures on a shared 2-core VM swing by 30 % between
 runs, which hides any change smaller than that. Counting the instructions
@@ -15,6 +16,11 @@ names the functions the instructions went to.
 outside valgrind), so C requests are in flight together, as under load: the
 garbage collector then has more live objects to scan, for one. The default,
 one connection, repeats best.
+
+``--budget`` (with ``--chain``): ``on`` gives the bench key a budget it never
+reaches (checked on every request), ``layer`` (the default) runs the default
+chain with a key without one (every request still priced), ``off`` runs the
+chain before budgets (``access_log, auth, rate_limit``, set in SLUICE_CONFIG).
 
 What it counts is work, not time: a cache-friendly change can be faster than
 its instruction count says, and a system call counts as one instruction.
@@ -70,12 +76,24 @@ def _total(dump: Path) -> int:
 
 
 def count(
-    tree: Path, upstream_port: int, workdir: Path, chain: bool, requests: int, connections: int = 1
+    tree: Path,
+    upstream_port: int,
+    workdir: Path,
+    chain: bool,
+    requests: int,
+    connections: int = 1,
+    budget: str = "layer",
 ) -> float:
     """Instructions Sluice (from ``tree``) executes per request, averaged over ``requests``."""
     keys = workdir / "keys.toml" if chain else None
     key = paths.create_bench_key(keys) if keys is not None else "no-key-needed"
     env = paths.sluice_env(upstream_port, str(workdir / "access.log") if chain else "off", keys)
+    if keys is not None and budget == "on":
+        paths.give_bench_key_a_budget(keys)
+    if keys is not None and budget == "off":
+        config = workdir / "sluice.toml"
+        config.write_text(paths.CHAIN_WITHOUT_BUDGET)
+        env["SLUICE_CONFIG"] = str(config)
     env["PYTHONPATH"] = str(tree)  # `-m proxy` then runs that tree's code
     env["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every run
     env_file = workdir / "empty.env"
@@ -109,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("trees", nargs="*", type=Path, default=[Path(__file__).resolve().parents[1]])
     parser.add_argument("--chain", action="store_true", help="keys, rate limits and the access log on")
+    parser.add_argument(
+        "--budget", choices=["off", "layer", "on"], default="layer", help="with --chain: see above"
+    )
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--connections", type=int, default=1, help="connections sending at once")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="copy the callgrind dumps here")
@@ -120,7 +141,13 @@ def main(argv: list[str] | None = None) -> int:
                 workdir = Path(tmp) / f"tree{i}"
                 workdir.mkdir()
                 per_request = count(
-                    tree.resolve(), upstream.port, workdir, args.chain, args.requests, args.connections
+                    tree.resolve(),
+                    upstream.port,
+                    workdir,
+                    args.chain,
+                    args.requests,
+                    args.connections,
+                    args.budget,
                 )
                 if args.keep is not None:
                     args.keep.mkdir(parents=True, exist_ok=True)
