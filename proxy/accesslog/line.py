@@ -118,6 +118,8 @@ def log_line(ctx: RequestContext, now: float) -> bytes:
     except _NotPlain:
         pass
     record = log_record(ctx, now)
+    if ctx.cost_usd is not None:  # orjson writes some floats unlike json (1e-06 as 1e-6)
+        return encode_record(record)
     try:
         return _DUMPS(record, option=_APPEND_NEWLINE)
     except TypeError:  # orjson.JSONEncodeError is a TypeError

@@ -18,9 +18,27 @@ PERIODS: Final[tuple[str, ...]] = get_args(Period)
 EPOCH_DAY: Final = "0000-00-00"
 
 
+class _Today:
+    """The last day asked for and its bounds: formatting a date on every request costs more
+    than the rest of recording it."""
+
+    start = 0.0
+    end = 0.0
+    text = ""
+
+
+_TODAY: Final = _Today()
+
+
 def day_of(wall: float) -> str:
     """The UTC day of a Unix time, as ``YYYY-MM-DD`` (sorts as dates do)."""
-    return datetime.fromtimestamp(wall, UTC).strftime("%Y-%m-%d")
+    today = _TODAY
+    if today.start <= wall < today.end:
+        return today.text
+    start = wall - wall % 86400  # Unix time has no leap seconds: every UTC day is 86,400 s
+    text = datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d")
+    today.start, today.end, today.text = start, start + 86400, text
+    return text
 
 
 def _start(period: Period, today: date) -> date | None:
