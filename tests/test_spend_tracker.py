@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,20 @@ async def test_ticks_run_in_the_background() -> None:
         assert store.writes == 1
     finally:
         await t.stop()
+
+
+async def test_a_dated_price_is_the_one_of_the_request_s_day() -> None:
+    """claude-opus-4-6 lost its long-context tier on 2026-03-13: a cached price holds for one UTC day."""
+    t = SpendTracker(Pricer({}), MemoryStore(), Metrics())
+    long_prompt = Usage(300_000, 1_000)
+    costs = []
+    for when in ("2026-03-12T23:59:00", "2026-03-13T00:01:00", "2026-03-12T12:00:00"):
+        ctx = request(model="claude-opus-4-6")
+        ctx.provider, ctx.usage = "anthropic", long_prompt
+        ctx.started_wall = datetime.fromisoformat(when).replace(tzinfo=UTC).timestamp()
+        t.record(ctx)
+        costs.append(ctx.cost_usd)
+    before, after, again = costs
+    assert before == pytest.approx(300_000 * 10e-6 + 1_000 * 37.5e-6)  # the tier's prices
+    assert after == pytest.approx(300_000 * 5e-6 + 1_000 * 25e-6)
+    assert again == before  # a long stream of the day before, ending after: its own day's price

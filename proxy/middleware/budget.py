@@ -93,7 +93,7 @@ class Budget:
             await send_error(send, provider, 503, message, [(b"retry-after", b"1")])  # type: ignore[arg-type]
             return False
         remaining = max(state.remaining_usd, 0.0)
-        header = (REMAINING_HEADER, f"{remaining:.6f}".encode())
+        header = (REMAINING_HEADER, format(remaining, ".6f").encode())
         if state.remaining_usd > 0:
             if ctx.response_headers is None:
                 ctx.response_headers = [header]

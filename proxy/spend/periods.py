@@ -22,9 +22,10 @@ class _Today:
     """The last day asked for and its bounds: formatting a date on every request costs more
     than the rest of recording it."""
 
-    start = 0.0
-    end = 0.0
-    text = ""
+    def __init__(self) -> None:
+        self.start = 0.0
+        self.end = 0.0
+        self.text = ""
 
 
 _TODAY: Final = _Today()

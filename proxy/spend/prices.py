@@ -4,10 +4,10 @@ Guarantees:
 
 * A model neither the overrides nor the table know is *unpriced*: its cost
   is ``None``, never a guess.
-* The table is searched once per (provider, model) per process; after that a
-  request's price is a dict lookup and a few multiplications
-  (:class:`~proxy.spend.rates.Rates`). Models whose price changed over
-  time (dated prices) are priced at the request's own time.
+* The table is searched once per (provider, model) per process (per UTC
+  day for a model whose price changed over time: a request is priced at its
+  own date); the tracker keeps the :class:`~proxy.spend.rates.Priced`
+  answer, so a request's price is a dict lookup and a few multiplications.
 * The overrides win over the table (a fine-tuned or private model, or a
   negotiated price).
 """
@@ -15,6 +15,7 @@ Guarantees:
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -22,18 +23,15 @@ from decimal import Decimal
 from typing import Any, Final
 
 from genai_prices import data_snapshot
-from genai_prices.types import ModelInfo, ModelPrice, TieredPrices
+from genai_prices.types import ModelInfo, ModelPrice, StartDateConstraint, TieredPrices
 
 from ..context import Usage
-from .rates import Rates, Tiered, find_override
+from .rates import Priced, Rates, Tiered, find_override
 
 logger = logging.getLogger("sluice.spend")
 
 # Sluice's provider names, as the table names them.
 TABLE_PROVIDERS: Final = {"openai": "openai", "gemini": "google", "anthropic": "anthropic"}
-# Distinct (provider, model) pairs remembered; past this the cache starts over
-# (model names come from requests and responses: their number is not ours to bound).
-MAX_CACHED: Final = 4096
 
 
 def _tiered(value: Any) -> Tiered | None:
@@ -61,52 +59,37 @@ def rates_of(price: ModelPrice) -> Rates:
         )
 
 
-class _Dated:
-    """A table model whose price depends on the date (or time of day): resolved per request."""
-
-    __slots__ = ("info", "rates")
-
-    def __init__(self, info: ModelInfo) -> None:
-        self.info = info
-        self.rates: dict[int, Rates] = {}  # by id of the table's ModelPrice, which the table keeps
-
-    def at(self, wall: float) -> Rates:
-        price = self.info.get_prices(datetime.fromtimestamp(wall, UTC))
-        rates = self.rates.get(id(price))
-        if rates is None:
-            rates = self.rates[id(price)] = rates_of(price)
-        return rates
-
-
 class Pricer:
-    """Prices requests; one per worker process."""
+    """Finds prices (the slow part, once per model and day); :class:`Priced` says how long one holds."""
 
     def __init__(self, overrides: Mapping[tuple[str, str], Rates]) -> None:
         self.overrides = overrides
         self._snapshot = data_snapshot.get_snapshot()
-        self._cache: dict[tuple[str, str], Rates | _Dated | None] = {}
+
+    def lookup(self, provider: str, model: str, wall: float) -> Priced:
+        """The price of ``model`` at Unix time ``wall``: an override, else the table's, else none."""
+        override = find_override(self.overrides, provider, model)
+        if override is not None:
+            return Priced(override, -math.inf, math.inf)
+        info = self._model(provider, model)
+        if info is None:
+            return Priced(None, -math.inf, math.inf)
+        if isinstance(info.prices, ModelPrice):
+            return Priced(rates_of(info.prices), -math.inf, math.inf)
+        # Dated prices change at the start of a UTC day (StartDateConstraint):
+        # one holds for the day. Any other condition is looked up every time.
+        price = info.get_prices(datetime.fromtimestamp(wall, UTC))
+        if all(c.constraint is None or isinstance(c.constraint, StartDateConstraint) for c in info.prices):
+            day = wall - wall % 86400
+            return Priced(rates_of(price), day, day + 86400)
+        return Priced(rates_of(price), wall, wall)
 
     def cost(self, provider: str, model: str, usage: Usage, wall: float) -> float | None:
-        """USD for ``usage`` of ``model`` at Unix time ``wall``; None when the model has no known price."""
-        entry = self._cache.get((provider, model), False)
-        if entry is False:
-            entry = self._find(provider, model)
-        if entry is None:
-            return None
-        if isinstance(entry, _Dated):
-            return entry.at(wall).cost(usage)
-        return entry.cost(usage)  # type: ignore[union-attr]
+        """USD for ``usage`` (uncached: for tests and tools; requests go through the tracker's cache)."""
+        rates = self.lookup(provider, model, wall).rates
+        return None if rates is None else rates.cost(usage)
 
-    def _find(self, provider: str, model: str) -> Rates | _Dated | None:
-        entry: Rates | _Dated | None = find_override(self.overrides, provider, model)
-        if entry is None:
-            entry = self._from_table(provider, model)
-        if len(self._cache) >= MAX_CACHED:
-            self._cache.clear()
-        self._cache[(provider, model)] = entry
-        return entry
-
-    def _from_table(self, provider: str, model: str) -> Rates | _Dated | None:
+    def _model(self, provider: str, model: str) -> ModelInfo | None:
         table_provider = TABLE_PROVIDERS.get(provider)
         if table_provider is None:
             return None
@@ -114,6 +97,4 @@ class Pricer:
             _provider, info = self._snapshot.find_provider_model(model, None, table_provider, None)
         except LookupError:
             return None
-        if isinstance(info.prices, ModelPrice):
-            return rates_of(info.prices)
-        return _Dated(info)
+        return info

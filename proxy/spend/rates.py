@@ -69,6 +69,17 @@ class Rates:
         return cost
 
 
+class Priced:
+    """A model's price (None: it has none) and the Unix times it holds for, ``since <= t < until``."""
+
+    __slots__ = ("rates", "since", "until")
+
+    def __init__(self, rates: Rates | None, since: float, until: float) -> None:
+        self.rates = rates
+        self.since = since
+        self.until = until
+
+
 def parse_price_overrides(table: object) -> dict[tuple[str, str], Rates]:
     """``[prices."provider/model"]`` tables into Rates by (provider, model pattern).
 

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from typing import Final
 
 from ..context import RequestContext
@@ -33,6 +32,7 @@ from ..metrics import Metrics
 from .ledger import NANOS_PER_USD, Row, Tally, merge
 from .periods import PERIODS, Period, day_of, period_start_day, window_start_day
 from .prices import Pricer
+from .rates import Priced, Rates
 from .store import SpendStore, StoreUnavailable
 
 logger = logging.getLogger("sluice.spend")
@@ -42,15 +42,19 @@ _ZERO: Final = (0, 0, 0, 0)
 _LOG_EVERY: Final = 10.0
 # Distinct unpriced models named in the metric; others are counted as "other".
 MAX_UNPRICED_LABELS: Final = 200
+# Distinct (provider, model) prices remembered; past this the cache starts over.
+MAX_PRICED: Final = 4096
 
 
-@dataclass(frozen=True, slots=True)
 class BudgetState:
-    """A budgeted key's standing, as the request path sees it."""
+    """A budgeted key's standing, as the request path sees it (made per request: a plain class)."""
 
-    spent_usd: float
-    remaining_usd: float
-    stale: bool  # the store could not be read lately (SLUICE_REDIS_FAILURE decides)
+    __slots__ = ("remaining_usd", "spent_usd", "stale")
+
+    def __init__(self, spent_usd: float, remaining_usd: float, stale: bool) -> None:
+        self.spent_usd = spent_usd
+        self.remaining_usd = remaining_usd
+        self.stale = stale  # the store could not be read lately (SLUICE_REDIS_FAILURE decides)
 
 
 class SpendTracker:
@@ -75,6 +79,7 @@ class SpendTracker:
         self.max_rows = max_rows
         self.stale_after = stale_after
         self._pending: dict[Row, Tally] = {}
+        self._prices: dict[tuple[str, str], Priced] = {}  # by (provider, model)
         # Nanodollars recorded here that the cache does not show yet, by key.
         self._local: dict[str, int] = {}
         # From the store's last read: (day, week, month, total) nanodollars by key.
@@ -90,32 +95,50 @@ class SpendTracker:
     # ------------------------------------------------------------- request path
     def record(self, ctx: RequestContext) -> None:
         """Price a finished request (``ctx.cost_usd``), count it, and add it to the batch."""
-        usage = ctx.usage
         name, provider, model = ctx.key_name or "", ctx.provider or "", ctx.model or ""
-        tally = Tally(requests=1)
-        if usage is not None:
-            cost = self.pricer.cost(provider, model, usage, ctx.started_wall) if model else None
-            tally.input_tokens = usage.input_tokens or 0
-            tally.output_tokens = usage.output_tokens or 0
-            tally.cache_read_tokens = usage.cache_read_tokens or 0
-            tally.cache_write_tokens = usage.cache_write_tokens or 0
-            if cost is None:
-                tally.unpriced = 1
-                self._count_unpriced(provider, model)
-            else:
-                ctx.cost_usd = cost
-                nanos = tally.cost_nanos = round(cost * NANOS_PER_USD)
-                self.metrics.spend.inc((name, provider, model), cost)
-                if nanos:
-                    self._local[name] = self._local.get(name, 0) + nanos
-        row = (name, provider, model, day_of(ctx.started_wall))
-        held = self._pending.get(row)
-        if held is not None:
-            held.add(tally)
-        elif len(self._pending) < self.max_rows:
-            self._pending[row] = tally
-        else:
-            merge(self._pending, [((name, "", "", row[3]), tally)])
+        wall = ctx.started_wall
+        tally = self._tally(name, provider, model, day_of(wall))
+        tally.requests += 1
+        usage = ctx.usage
+        if usage is None:  # nothing reported (an error, a model list): nothing to price
+            return
+        tally.input_tokens += usage.input_tokens or 0
+        tally.output_tokens += usage.output_tokens or 0
+        tally.cache_read_tokens += usage.cache_read_tokens or 0
+        tally.cache_write_tokens += usage.cache_write_tokens or 0
+        rates = self._rates(provider, model, wall) if model else None
+        if rates is None:
+            tally.unpriced += 1
+            self._count_unpriced(provider, model)
+            return
+        cost = rates.cost(usage)
+        ctx.cost_usd = cost
+        nanos = int(cost * NANOS_PER_USD + 0.5)  # round() is a generic call
+        tally.cost_nanos += nanos
+        self.metrics.spend.inc((name, provider, model), cost)
+        if nanos:
+            self._local[name] = self._local.get(name, 0) + nanos
+
+    def _tally(self, name: str, provider: str, model: str, day: str) -> Tally:
+        row = (name, provider, model, day)
+        tally = self._pending.get(row)
+        if tally is None:
+            if len(self._pending) >= self.max_rows:  # fold: the key and day stay exact
+                row = (name, "", "", day)
+                tally = self._pending.get(row)
+            if tally is None:
+                tally = self._pending[row] = Tally()
+        return tally
+
+    def _rates(self, provider: str, model: str, wall: float) -> Rates | None:
+        """The model's price at ``wall``: a dict lookup, the table only once per model (and day)."""
+        key = (provider, model)
+        priced = self._prices.get(key)
+        if priced is None or not priced.since <= wall < priced.until:
+            if len(self._prices) >= MAX_PRICED:  # model names come from requests: bounded
+                self._prices.clear()
+            priced = self._prices[key] = self.pricer.lookup(provider, model, wall)
+        return priced.rates
 
     def _count_unpriced(self, provider: str, model: str) -> None:
         label = (provider, model)
@@ -128,7 +151,7 @@ class SpendTracker:
 
     def state(self, key: ClientKey, budget: float, period: Period) -> BudgetState:
         """How much of its budget ``key`` has left (negative when over)."""
-        if key.name not in self._budgeted:
+        if self._budgeted.get(key.name) is not key:  # new, or its budget changed
             self._budgeted[key.name] = key
         nanos = self._periods.get(key.name, _ZERO)[_PERIOD_INDEX[period]] + self._local.get(key.name, 0)
         spent = nanos / NANOS_PER_USD
