@@ -48,8 +48,6 @@ class IncludeUsage:
 
 def _with_usage(body: bytes) -> bytes | None:
     """The body with include_usage set, or None when it is not a stream request lacking it."""
-    if body.find(b'"stream"') == -1:  # not a stream request: no need to parse it
-        return None
     try:
         document = json.loads(body)
     except ValueError:
