@@ -357,3 +357,24 @@ def test_a_bad_price_in_the_config_file_stops_start(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "input_per_mtok must not be negative" in result.stderr
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("open", 200), ("closed", 503)])
+def test_redis_down_follows_the_failure_policy_for_budgeted_keys(
+    policy: str, expected: int, tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
+) -> None:
+    redis = start_redis(tmp_path / "redis")
+    keys, secret = budget_key(tmp_path, usd=100)
+    plain = create_key(keys, "plain", Limits())
+    process = start(sluice_factory, mock, keys, SLUICE_REDIS_URL=redis.url, SLUICE_REDIS_FAILURE=policy)
+    assert fresh_post(process, secret).status_code == 200
+    redis.kill()
+    time.sleep(6.5)  # past the 5 s a budget may run on the last spend read
+    response = fresh_post(process, secret)
+    assert response.status_code == expected
+    if policy == "closed":
+        assert response.headers["retry-after"] == "1"
+        assert "spend store is unreachable" in response.json()["error"]["message"]
+    assert fresh_post(process, plain).status_code == 200  # a key without a budget is not held up
+    metrics = httpx.get(f"{process.url}/metrics").text
+    assert 'sluice_spend_store_errors_total{op="read"}' in metrics

@@ -40,7 +40,7 @@ def test_set_and_clear_a_budget(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("entry", "problem"),
     [
-        ('budget_usd = 5\n', "budget_period must be one of"),
+        ("budget_usd = 5\n", "budget_period must be one of"),
         ('budget_usd = -1\nbudget_period = "day"\n', "budget_usd must be"),
         ('budget_usd = "5"\nbudget_period = "day"\n', "budget_usd must be"),
         ('budget_usd = 5\nbudget_period = "year"\n', "budget_period must be one of"),

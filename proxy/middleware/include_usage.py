@@ -14,6 +14,7 @@ import json
 from ..asgi import ASGIApp, Receive, Scope, Send
 from ..body import read_body, replay
 from ..context import get_context
+from ..jsonread import loads
 
 
 class IncludeUsage:
@@ -49,7 +50,7 @@ class IncludeUsage:
 def _with_usage(body: bytes) -> bytes | None:
     """The body with include_usage set, or None when it is not a stream request lacking it."""
     try:
-        document = json.loads(body)
+        document = loads(body)  # orjson: most bodies read here are not streams
     except ValueError:
         return None  # the upstream will explain what is wrong with it
     if not isinstance(document, dict) or document.get("stream") is not True:
