@@ -378,3 +378,21 @@ def test_redis_down_follows_the_failure_policy_for_budgeted_keys(
     assert fresh_post(process, plain).status_code == 200  # a key without a budget is not held up
     metrics = httpx.get(f"{process.url}/metrics").text
     assert 'sluice_spend_store_errors_total{op="read"}' in metrics
+
+
+def test_a_budgeted_stream_cannot_hide_its_usage(
+    tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
+) -> None:
+    """A stream request spelling "stream" with a JSON escape is still asked for its usage, and charged."""
+    keys, secret = budget_key(tmp_path)
+    process = start(sluice_factory, mock, keys)
+    body = b'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"\\u0073tream":true}'
+    with httpx.Client(timeout=20) as client:
+        response = client.post(
+            f"{process.url}/v1/chat/completions",
+            content=body,
+            headers={"authorization": f"Bearer {secret}", "content-type": "application/json", **TOKENS},
+        )
+    assert response.status_code == 200 and response.text.count("data:") > 300
+    wait_for(lambda: len(access_log(keys)) == 1)
+    assert access_log(keys)[0]["cost_usd"] == pytest.approx(0.003, rel=0.1)

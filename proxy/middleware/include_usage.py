@@ -49,8 +49,13 @@ class IncludeUsage:
 
 def _with_usage(body: bytes) -> bytes | None:
     """The body with include_usage set, or None when it is not a stream request lacking it."""
+    # A body asks for a stream only through a "stream" key, written plainly or
+    # with \u escapes (JSON has no other way to spell a letter): without
+    # either it is no stream, and need not be parsed.
+    if body.find(b'"stream"') == -1 and body.find(b"\\u") == -1:
+        return None
     try:
-        document = loads(body)  # orjson: most bodies read here are not streams
+        document = loads(body)
     except ValueError:
         return None  # the upstream will explain what is wrong with it
     if not isinstance(document, dict) or document.get("stream") is not True:
