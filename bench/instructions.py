@@ -21,6 +21,8 @@ one connection, repeats best.
 reaches (checked on every request), ``layer`` (the default) runs the default
 chain with a key without one (every request still priced), ``off`` runs the
 chain before budgets (``access_log, auth, rate_limit``, set in SLUICE_CONFIG).
+``--include-usage`` sets ``SLUICE_OPENAI_INCLUDE_USAGE=true`` (every OpenAI chat
+body read to ask streams for usage, as a budgeted key's always are).
 
 What it counts is work, not time: a cache-friendly change can be faster than
 its instruction count says, and a system call counts as one instruction.
@@ -83,11 +85,14 @@ def count(
     requests: int,
     connections: int = 1,
     budget: str = "layer",
+    include_usage: bool = False,
 ) -> float:
     """Instructions Sluice (from ``tree``) executes per request, averaged over ``requests``."""
     keys = workdir / "keys.toml" if chain else None
     key = paths.create_bench_key(keys) if keys is not None else "no-key-needed"
     env = paths.sluice_env(upstream_port, str(workdir / "access.log") if chain else "off", keys)
+    if include_usage:
+        env["SLUICE_OPENAI_INCLUDE_USAGE"] = "true"
     if keys is not None and budget == "on":
         paths.give_bench_key_a_budget(keys)
     if keys is not None and budget == "off":
@@ -130,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget", choices=["off", "layer", "on"], default="layer", help="with --chain: see above"
     )
+    parser.add_argument("--include-usage", action="store_true", help="SLUICE_OPENAI_INCLUDE_USAGE=true")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--connections", type=int, default=1, help="connections sending at once")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="copy the callgrind dumps here")
@@ -148,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.requests,
                     args.connections,
                     args.budget,
+                    args.include_usage,
                 )
                 if args.keep is not None:
                     args.keep.mkdir(parents=True, exist_ok=True)
