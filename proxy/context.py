@@ -101,6 +101,7 @@ class RequestContext:
     # per message), and they reach error responses from inner layers too.
     response_headers: list[tuple[bytes, bytes]] | None
     cost_usd: float | None  # the request's price (proxy/spend), set when it ends; None: unknown
+    include_usage: bool  # ask an OpenAI chat stream for its usage (a budgeted key's: proxy/streamusage.py)
 
     def __init__(self, request_id: str, method: str, path: str, client: str | None = None) -> None:
         """What is known when a request arrives; the layers fill in the rest."""
@@ -123,6 +124,7 @@ class RequestContext:
         self.key = None
         self.response_headers = None
         self.cost_usd = None
+        self.include_usage = False
 
 
 def get_context(scope: Scope) -> RequestContext | None:

@@ -39,10 +39,7 @@ BUILTINS: Mapping[str, Builder] = {
     "auth": lambda app, s: Auth(app, s.keys, s.metrics, s.settings.max_inspect_bytes),
     "rate_limit": lambda app, s: RateLimit(app, s.limiter, s.metrics, s.settings.redis_failure),
     "budget": lambda app, s: Budget(
-        app,
-        s.spend,
-        s.settings.redis_failure,
-        None if s.settings.openai_include_usage else s.settings.max_inspect_bytes,
+        app, s.spend, s.settings.redis_failure, ask_usage=not s.settings.openai_include_usage
     ),
 }
 

@@ -18,7 +18,10 @@ of the key's traffic. Every response to a budgeted key says what is left:
 A budgeted key's OpenAI chat streams are asked for their usage
 (``stream_options.include_usage``, as ``SLUICE_OPENAI_INCLUDE_USAGE`` does
 for every key): without it OpenAI reports none, and the stream could not be
-priced.
+priced. The passthrough rewrites the body it holds (``ctx.include_usage``,
+:mod:`proxy.streamusage`), so the layer reads no body and wraps no
+``receive``. A body streamed upstream as it arrives (over
+``SLUICE_RETRY_BODY_LIMIT``, or chunked) is not rewritten.
 
 When the spend store cannot be read (Redis down) for more than a few
 seconds, ``SLUICE_REDIS_FAILURE`` decides for budgeted keys: ``open`` goes
@@ -43,7 +46,7 @@ from ..errors import QUOTA, send_error
 from ..keys import ClientKey
 from ..spend.periods import period_end
 from ..spend.tracker import SpendTracker
-from .include_usage import IncludeUsage
+from ..streamusage import wants_usage
 
 REMAINING_HEADER = b"x-sluice-budget-remaining-usd"
 # status, message, extra headers, error kind (None: the status's usual one)
@@ -64,14 +67,14 @@ class Budget:
         app: ASGIApp,
         tracker: SpendTracker,
         policy: FailurePolicy,
-        include_usage_bytes: int | None = None,
+        ask_usage: bool = True,
     ) -> None:
         self.app = app
         self.tracker = tracker
         self.policy = policy
-        # Where budgeted keys' requests go: through IncludeUsage unless every
-        # request already does (include_usage_bytes None).
-        self.budgeted_app = app if include_usage_bytes is None else IncludeUsage(app, include_usage_bytes)
+        # Whether budgeted keys' OpenAI chat streams are asked for usage here:
+        # not when every request already is (SLUICE_OPENAI_INCLUDE_USAGE).
+        self.ask_usage = ask_usage
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = http_context(scope)
@@ -79,16 +82,18 @@ class Budget:
             await self.app(scope, receive, send)
             return
         key = ctx.key
-        app = self.app
         if isinstance(key, ClientKey) and key.budget_usd is not None:
             refusal = self._check(ctx, key, key.budget_usd)
             if refusal is not None:
                 status, message, headers, kind = refusal
                 await send_error(send, ctx.provider or "openai", status, message, headers, kind)  # type: ignore[arg-type]
                 return
-            app = self.budgeted_app
+            route = ctx.route
+            if self.ask_usage and route is not None:
+                # The passthrough sets stream_options.include_usage on the body it reads anyway.
+                ctx.include_usage = wants_usage(ctx.provider, scope["method"], route.upstream_path)
         try:
-            await app(scope, receive, send)
+            await self.app(scope, receive, send)
         finally:
             self.tracker.record(ctx)
 
