@@ -52,6 +52,7 @@ NATIVE_MODULES = [
     "proxy/spend/periods.py",
     "proxy/spend/rates.py",
     "proxy/spend/tracker.py",
+    "proxy/streamusage.py",
 ]
 
 

@@ -38,6 +38,7 @@ from .store import SpendStore, StoreUnavailable
 logger = logging.getLogger("sluice.spend")
 
 _PERIOD_INDEX: Final = {name: i for i, name in enumerate(PERIODS)}
+_MONOTONIC: Final = time.monotonic  # a C static when compiled, not a module attribute lookup
 _ZERO: Final = (0, 0, 0, 0)
 _LOG_EVERY: Final = 10.0
 # Distinct unpriced models named in the metric; others are counted as "other".
@@ -155,7 +156,7 @@ class SpendTracker:
             self._budgeted[key.name] = key
         nanos = self._periods.get(key.name, _ZERO)[_PERIOD_INDEX[period]] + self._local.get(key.name, 0)
         spent = nanos / NANOS_PER_USD
-        stale = time.monotonic() - self._read_ok > self.stale_after
+        stale = _MONOTONIC() - self._read_ok > self.stale_after
         return BudgetState(spent, budget - spent, stale)
 
     # ------------------------------------------------------------- background
