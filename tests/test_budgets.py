@@ -255,6 +255,11 @@ def test_two_instances_share_the_spend_through_redis(
         with pytest.raises(openai.RateLimitError):
             stream_openai(oai(b, secret))
         assert not (tmp_path / "spend.db").exists()  # Redis is the store
+        env = {"SLUICE_KEYS_FILE": str(keys), "SLUICE_REDIS_URL": redis.url}
+        (row,) = json.loads(run_cli("usage", "--json", **env))["rows"]
+        served = [line for line in access_log(keys) if line["status"] == 200]
+        assert (row["key"], row["requests"]) == ("team", len(served))
+        assert row["cost_usd"] == pytest.approx(sum(line["cost_usd"] for line in served), abs=1e-8)
     finally:
         redis.stop()
 
