@@ -49,6 +49,14 @@ NATIVE_MODULES = [
     "proxy/routing.py",
     "proxy/sse.py",
     "proxy/usage.py",
+    # Spend: what each request's end and each budgeted key's check run
+    # (prices.py, which imports genai-prices, and the stores are not hot).
+    "proxy/middleware/budget.py",
+    "proxy/spend/ledger.py",
+    "proxy/spend/periods.py",
+    "proxy/spend/rates.py",
+    "proxy/spend/tracker.py",
+    "proxy/streamusage.py",
 ]
 
 

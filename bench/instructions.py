@@ -1,7 +1,7 @@
 """Instructions per request, counted by callgrind: an A/B that machine noise cannot move.
 
-    .venv/bin/python -m bench.instructions [--chain] [--otlp] [--env NAME=VALUE] [--requests N]
-                                           [--connections C] [--keep DIR] [TREE ...]
+    .venv/bin/python -m bench.instructions [--chain [--budget off|layer|on]] [--otlp] [--env NAME=VALUE]
+                                           [--requests N] [--connections C] [--keep DIR] [TREE ...]
 
 Wall-clock and CPU-time figures on a shared 2-core VM swing by 30 % between
 runs, which hides any change smaller than that. Counting the instructions
@@ -22,6 +22,12 @@ on loopback that answers every export with 200: the count then includes the
 spans' making and, in the SDK's export thread, their encoding and sending
 (in batches of 512, the SDK's default, or every 5 s). ``--env NAME=VALUE``
 (repeatable) adds a variable to Sluice's environment, e.g. a sampler.
+``--budget`` (with ``--chain``): ``on`` gives the bench key a budget it never
+reaches (checked on every request), ``layer`` (the default) runs the default
+chain with a key without one (every request still priced), ``off`` runs the
+chain before budgets (``access_log, auth, rate_limit``, set in SLUICE_CONFIG).
+``--include-usage`` sets ``SLUICE_OPENAI_INCLUDE_USAGE=true`` (every OpenAI chat
+body read to ask streams for usage, as a budgeted key's always are).
 
 What it counts is work, not time: a cache-friendly change can be faster than
 its instruction count says, and a system call counts as one instruction.
@@ -109,11 +115,21 @@ def count(
     connections: int = 1,
     otlp: str | None = None,
     extra_env: dict[str, str] | None = None,
+    budget: str = "layer",
+    include_usage: bool = False,
 ) -> float:
     """Instructions Sluice (from ``tree``) executes per request, averaged over ``requests``."""
     keys = workdir / "keys.toml" if chain else None
     key = paths.create_bench_key(keys) if keys is not None else "no-key-needed"
     env = paths.sluice_env(upstream_port, str(workdir / "access.log") if chain else "off", keys)
+    if include_usage:
+        env["SLUICE_OPENAI_INCLUDE_USAGE"] = "true"
+    if keys is not None and budget == "on":
+        paths.give_bench_key_a_budget(keys)
+    if keys is not None and budget == "off":
+        config = workdir / "sluice.toml"
+        config.write_text(paths.CHAIN_WITHOUT_BUDGET)
+        env["SLUICE_CONFIG"] = str(config)
     env["PYTHONPATH"] = str(tree)  # `-m proxy` then runs that tree's code
     env["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every run
     if otlp is not None:
@@ -150,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("trees", nargs="*", type=Path, default=[Path(__file__).resolve().parents[1]])
     parser.add_argument("--chain", action="store_true", help="keys, rate limits and the access log on")
+    parser.add_argument(
+        "--budget", choices=["off", "layer", "on"], default="layer", help="with --chain: see above"
+    )
+    parser.add_argument("--include-usage", action="store_true", help="SLUICE_OPENAI_INCLUDE_USAGE=true")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--connections", type=int, default=1, help="connections sending at once")
     parser.add_argument("--otlp", action="store_true", help="tracing on, exporting to a sink")
@@ -173,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.connections,
                     otlp,
                     dict(pair.split("=", 1) for pair in args.env),
+                    args.budget,
+                    args.include_usage,
                 )
                 if args.keep is not None:
                     args.keep.mkdir(parents=True, exist_ok=True)

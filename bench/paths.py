@@ -254,6 +254,17 @@ def create_bench_key(path: Path) -> str:
     return create_key(path, "bench", Limits(rpm=1_000_000_000, concurrency=1_000_000))
 
 
+def give_bench_key_a_budget(path: Path) -> None:
+    """A monthly budget for the bench key that is never reached: checked on every request."""
+    from proxy.keybook import set_budget
+
+    set_budget(path, "bench", (1e9, "month"))
+
+
+# The default chain before budgets (SLUICE_CONFIG): what `--budget off` measures.
+CHAIN_WITHOUT_BUDGET = '[middleware]\nchain = ["access_log", "auth", "model_policy", "rate_limit"]\n'
+
+
 def start_sluice(
     workdir: Path,
     upstream_port: int,
@@ -261,13 +272,17 @@ def start_sluice(
     *,
     transport: str = "fast",
     tree: Path | None = None,
+    budgeted: bool = False,
 ) -> Target:
-    """One Sluice worker on the proxy core: ``keys_file`` makes it ``sluice+chain``,
-    ``transport="stock"`` ``sluice-stock``, ``tree`` (another checkout) ``sluice@baseline``."""
+    """One Sluice worker on the proxy core: ``keys_file`` makes it ``sluice+chain``
+    (``sluice+budget`` when its key has a budget, ``budgeted``), ``transport="stock"``
+    ``sluice-stock``, ``tree`` (another checkout) ``sluice@baseline``."""
     if tree is not None:
         name = "sluice@baseline"
     elif transport == "stock":
         name = "sluice-stock"
+    elif keys_file is not None and budgeted:
+        name = "sluice+budget"
     elif keys_file is not None:
         name = "sluice+chain"
     else:

@@ -45,6 +45,8 @@ from .scenarios import Plan, Wires, idle_memory, latency_c1, saturation, streami
 
 SCENARIOS = ("c1", "tput", "stream", "sweep", "memory", "realtime")
 STOCK_SCENARIOS = frozenset({"c1", "tput", "stream"})
+# sluice+budget (the chain, its key with a budget) runs only in paired groups
+# against sluice+chain (the same chain, its key without one), after tput.
 BASELINE_SCENARIOS = frozenset({"c1", "tput"})
 
 QUICK = Plan(
@@ -64,6 +66,7 @@ QUICK = Plan(
     realtime_rounds=1,
     realtime_frames=500,
     realtime_idle=300,
+    budget_pairs=1,
 )
 
 _t0 = time.monotonic()
@@ -261,6 +264,7 @@ def _in(scenario: str, targets: list[Target]) -> list[Target]:
         for t in targets
         if (t.name != "sluice-stock" or scenario in STOCK_SCENARIOS)
         and (t.name != "sluice@baseline" or scenario in BASELINE_SCENARIOS)
+        and t.name != "sluice+budget"
     ]
 
 
@@ -290,6 +294,13 @@ async def orchestrate(
             paths.start_sluice(workdir, upstream.port, keys),
             paths.start_sluice(workdir, upstream.port, transport="stock"),
         ]
+        if plan.budget_pairs:
+            # The same key (so the same requests), with a budget it never reaches.
+            budget_keys = workdir / "budget" / "keys.toml"
+            budget_keys.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(keys, budget_keys)
+            paths.give_bench_key_a_budget(budget_keys)
+            targets.append(paths.start_sluice(workdir, upstream.port, budget_keys, budgeted=True))
         if baseline is not None:
             target = paths.start_sluice(workdir, upstream.port, tree=baseline)
             targets.append(target)
@@ -319,6 +330,10 @@ async def orchestrate(
             raw["chain_pairs"] = await paired_groups(
                 "chain", _named(targets, "sluice", "sluice+chain"), plan.chain_pairs, plan, wires
             )
+            if plan.budget_pairs:
+                raw["budget_pairs"] = await paired_groups(
+                    "budget", _named(targets, "sluice+chain", "sluice+budget"), plan.budget_pairs, plan, wires
+                )
             if baseline is not None and plan.baseline_pairs:
                 raw["baseline_pairs"] = await paired_groups(
                     "baseline", _named(targets, "sluice", "sluice@baseline"), plan.baseline_pairs, plan, wires

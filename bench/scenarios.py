@@ -70,6 +70,8 @@ class Plan:
     idle_streams: int = 10_000
     # sluice against sluice@baseline (--baseline-tree), measured like the chain:
     # groups of four closed-loop windows, A B B A then B A A B.
+    # sluice+chain against sluice+budget (its key with a budget), measured like the chain.
+    budget_pairs: int = 3
     baseline_pairs: int = 4  # 4 x 4 windows of 2 s: enough for a 10 % verdict, and the run stays short
     # Scenario 6 (bench/realtime.py): echo round trips a path a round, and idle sessions held.
     realtime_rounds: int = 2

@@ -330,6 +330,31 @@ def chain_cost(pairs: dict[str, list[dict[str, Any]]]) -> Row | None:
     return row
 
 
+def budget_cost(pairs: dict[str, list[dict[str, Any]]]) -> Row | None:
+    """What a key's budget adds to the default chain (``budget_pairs``): sluice+budget ÷ sluice+chain.
+
+    Both run the default chain and send the same key; sluice+budget's key has
+    a budget it never reaches, so the check runs on every request. Shown in
+    the sluice+chain column (the report's place for the chain's costs).
+    """
+    ratios = _group_ratios(pairs, "sluice+budget", "sluice+chain", "rps")
+    if not ratios:
+        return None
+    cost = 1 - _med(ratios)
+    row = Row(
+        "2. Max sustained req/s (p99 < 50 ms, 0 errors)",
+        "budget cost within the default chain, paired saturation rates (1 - budgeted ÷ chain)",
+        {"sluice+chain": cost},
+    )
+    row.target, row.status = "≤ 5 %", verdict(_le(cost, 0.05))
+    row.notes.append(
+        f"the median of {len(ratios)} groups of four closed-loop windows on sluice+chain and sluice+budget "
+        "(the same key with a budget it never reaches); each group's cost: "
+        + ", ".join(f"{1 - r:.0%}" for r in sorted(ratios, reverse=True))
+    )
+    return row
+
+
 def _util(r: dict[str, Any], key: str, core: int) -> float:
     u = r.get(key)
     return float(u[core]) if isinstance(u, list) and len(u) > core else NAN
@@ -491,6 +516,8 @@ def summarize(raw: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
     if "throughput" in raw:
         tput, harness = throughput(raw["throughput"], raw.get("chain_pairs"), raw.get("baseline_pairs"))
         rows += tput
+    if "budget_pairs" in raw and (budget_row := budget_cost(raw["budget_pairs"])) is not None:
+        rows.append(budget_row)
     if "streaming" in raw:
         rows += streaming(raw["streaming"])
     if "sweep" in raw:

@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM, unencrypted)")
 
     _keys_parser(sub)
+    _usage_parser(sub)
 
     mock = sub.add_parser("mock", help="run the mock provider on its own")
     mock.add_argument("--host", default="127.0.0.1")
@@ -91,6 +92,7 @@ def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     create.add_argument(
         "--max-output-tokens", type=_positive, help="cap on the output tokens a request asks for"
     )
+    _budget_options(create, actions)
     actions.add_parser("list", help="list keys (never their secrets)")
     revoke = actions.add_parser("revoke", help="revoke a key; running servers notice within a second")
     revoke.add_argument("name")
@@ -101,6 +103,69 @@ def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     rotate.add_argument(
         "--grace", default="1h", help="how long the old secret keeps working (default 1h; 0s: none)"
     )
+
+
+def _budget_options(
+    create: argparse.ArgumentParser, actions: argparse._SubParsersAction[argparse.ArgumentParser]
+) -> None:
+    from .keys import BUDGET_PERIODS
+
+    create.add_argument("--budget-usd", type=_dollars, help="spend allowed per --budget-period (USD)")
+    create.add_argument("--budget-period", choices=BUDGET_PERIODS, help="day, week, month (UTC) or total")
+    budget = actions.add_parser("budget", help="set, change or clear a key's spending budget")
+    budget.add_argument("name")
+    budget.add_argument("--usd", type=_dollars, help="spend allowed per period (USD)")
+    budget.add_argument("--period", choices=BUDGET_PERIODS, help="day, week, month (UTC) or total")
+    budget.add_argument("--clear", action="store_true", help="remove the budget")
+
+
+def _usage_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    usage = sub.add_parser("usage", help="requests, tokens and cost per key, model or day")
+    usage.add_argument("--since", help="7d, 2w or YYYY-MM-DD (default: everything recorded)")
+    usage.add_argument("--by", choices=["key", "model", "day"], default="key")
+    usage.add_argument("--json", action="store_true", help="JSON instead of a table")
+    usage.add_argument("--env-file", type=Path, help="read settings from this file (default: ./.env)")
+
+
+def _dollars(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError("must be a number of dollars, 0 or more")
+    return value
+
+
+def _budget_arg(usd: float | None, period: str | None, usd_flag: str, period_flag: str) -> object:
+    if usd is None and period is None:
+        return None
+    if usd is None or period is None:
+        raise ConfigError(usd_flag, f"{usd_flag} and {period_flag} go together")
+    return (usd, period)
+
+
+def _usage(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from .services import spend_db_path
+    from .spend.report import report
+    from .spend.store import SpendStore, SqliteStore, StoreUnavailable
+
+    settings = load_settings(env)
+    store: SpendStore
+    if settings.redis_url:
+        from .spend.redis_store import RedisStore
+
+        store = RedisStore(settings.redis_url)
+    else:
+        path = spend_db_path(settings)
+        if path is None or not path.exists():
+            raise ConfigError("SLUICE_SPEND_DB", f"no spend recorded yet ({path or 'no keys file either'})")
+        store = SqliteStore(path)
+    try:
+        print(report(store, args.since, args.by, args.json))
+    except ValueError as exc:
+        raise ConfigError("--since", str(exc)) from None
+    except StoreUnavailable as exc:
+        print(f"sluice usage: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _positive(raw: str) -> int:
@@ -125,7 +190,7 @@ def _key_book(args: argparse.Namespace, env: Mapping[str, str]) -> KeyBook:
 
 
 def _keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from .keybook import create_key, parse_duration, parse_expiry, revoke_key, rotate_key
+    from .keybook import create_key, parse_duration, parse_expiry, revoke_key, rotate_key, set_budget
     from .keys import KeyFileError
     from .limits import Limits
 
@@ -136,6 +201,7 @@ def _keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             providers = tuple(args.providers) if args.providers else None
             models = tuple(args.models) if args.models else None
             expires = parse_expiry(args.expires) if args.expires else None
+            budget = _budget_arg(args.budget_usd, args.budget_period, "--budget-usd", "--budget-period")
             secret = create_key(
                 book,
                 args.name,
@@ -146,6 +212,7 @@ def _keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 force_model=args.force_model,
                 default_model=args.default_model,
                 max_output_tokens=args.max_output_tokens,
+                budget=budget,  # type: ignore[arg-type]
             )
             print(secret)
             print(
@@ -161,6 +228,13 @@ def _keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 f"the old one works for {args.grace} more.",
                 file=sys.stderr,
             )
+        elif args.action == "budget":
+            budget = None if args.clear else _budget_arg(args.usd, args.period, "--usd", "--period")
+            if budget is None and not args.clear:
+                raise ConfigError("--usd", "give --usd and --period, or --clear")
+            set_budget(book, args.name, budget)  # type: ignore[arg-type]
+            done = "cleared" if budget is None else f"set to ${args.usd:g} per {args.period}"
+            print(f"Budget of {args.name!r} {done}.", file=sys.stderr)
         elif args.action == "revoke":
             revoke_key(book, args.name)
             print(f"Key {args.name!r} revoked.", file=sys.stderr)
@@ -262,6 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _mock(args)
         if args.command == "keys":
             return _keys(args, read_environment(args.env_file))
+        if args.command == "usage":
+            return _usage(args, read_environment(args.env_file))
         return _serve(args, read_environment(args.env_file))
     except ConfigError as exc:
         print(f"sluice: configuration error: {exc}", file=sys.stderr)

@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 from urllib.parse import urlsplit
 
 from .credentials import CredentialError, CredentialSpec, from_env_value
@@ -24,6 +24,9 @@ from .forwarded import Network, parse_networks
 from .http import HTTP_MODES, HttpMode
 from .tls import TlsFileError, check_files
 from .tracing.settings import TracingSettingError, TracingSettings, load_tracing
+
+if TYPE_CHECKING:
+    from .spend.rates import Rates
 
 ProviderName = Literal["openai", "gemini", "anthropic"]
 PROVIDERS: tuple[ProviderName, ...] = ("openai", "gemini", "anthropic")
@@ -56,7 +59,7 @@ AuthMode = Literal["auto", "on", "off"]
 FailurePolicy = Literal["open", "closed"]
 
 # The default middleware chain, outermost first. See proxy/middleware.
-DEFAULT_CHAIN: tuple[str, ...] = ("access_log", "auth", "model_policy", "rate_limit")
+DEFAULT_CHAIN: tuple[str, ...] = ("access_log", "auth", "budget", "model_policy", "rate_limit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,13 @@ class Settings:
 
     # OpenTelemetry traces (the standard OTEL_* variables); None: off.
     tracing: TracingSettings | None = None
+
+    # Spend and budgets (proxy/spend): the SQLite ledger (None: beside the keys
+    # file, or in memory without one), the share of a budget that logs a
+    # warning, and the config file's [prices."provider/model"].
+    spend_db: Path | None = None
+    budget_warn_at: float = 0.8
+    prices: Mapping[tuple[str, str], Rates] = field(default_factory=dict)
 
     @property
     def tls(self) -> bool:
@@ -314,6 +324,8 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
         "realtime_ping_interval": _parse(env, "SLUICE_REALTIME_PING_INTERVAL", 20.0, _positive_float),
         "ssl_certfile": _parse(env, "SLUICE_SSL_CERTFILE", None, Path),
         "ssl_keyfile": _parse(env, "SLUICE_SSL_KEYFILE", None, Path),
+        "spend_db": _parse(env, "SLUICE_SPEND_DB", None, Path),
+        "budget_warn_at": _parse(env, "SLUICE_BUDGET_WARN_AT", 0.8, _fraction),
     }
     values["chat"] = _chat_settings(env)
     try:
@@ -345,6 +357,13 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
     except TlsFileError as exc:
         raise ConfigError(exc.setting, str(exc)) from None
     return settings
+
+
+def _fraction(raw: str) -> float:
+    value = float(raw.rstrip("%")) / (100 if raw.endswith("%") else 1)
+    if not 0 < value <= 1:
+        raise ValueError("must be a fraction above 0 and at most 1 (0.8 or 80%)")
+    return value
 
 
 def _boolean(raw: str) -> bool:
@@ -411,15 +430,20 @@ def _load_config_file(path: Path) -> dict[str, Any]:
     middleware = data.get("middleware", {})
     chat = data.get("chat", {})
     models = data.get("models", {})
-    unknown = set(data) - {"middleware", "chat", "models", "providers"} | set(middleware) - {
-        "chain",
-        "options",
-    }
+    sections = {"middleware", "chat", "models", "providers", "prices"}
+    unknown = set(data) - sections | set(middleware) - {"chain", "options"}
     unknown |= {f"chat.{name}" for name in set(chat) - {"aliases"}} if isinstance(chat, dict) else set()
     unknown |= {f"models.{name}" for name in set(models) - {"aliases"}} if isinstance(models, dict) else set()
     if unknown:
         raise ConfigError("SLUICE_CONFIG", f"unknown entries in {path}: {', '.join(sorted(unknown))}")
     values: dict[str, Any] = {}
+    if "prices" in data:
+        from .spend.rates import parse_price_overrides  # config is imported before the context it needs
+
+        try:
+            values["prices"] = parse_price_overrides(data["prices"])
+        except ValueError as exc:
+            raise ConfigError("SLUICE_CONFIG", str(exc)) from None
     if "providers" in data:
         values["providers"] = data["providers"]  # read with the environment, in load_settings
     if "aliases" in chat:

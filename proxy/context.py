@@ -38,19 +38,27 @@ Outcome = Literal[
 class Usage:
     """Token counts as the provider reported them. ``None`` where it did not say."""
 
-    input_tokens: int | None
+    input_tokens: int | None  # every input token, cached ones included
     output_tokens: int | None
     total_tokens: int | None
+    # Of the input tokens, those read from and written to the provider's
+    # prompt cache (priced apart), where the provider reports them.
+    cache_read_tokens: int | None
+    cache_write_tokens: int | None
 
     def __init__(
         self,
         input_tokens: int | None = None,
         output_tokens: int | None = None,
         total_tokens: int | None = None,
+        cache_read_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
     ) -> None:
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
         self.total_tokens = total_tokens
+        self.cache_read_tokens = cache_read_tokens
+        self.cache_write_tokens = cache_write_tokens
 
     @property
     def total(self) -> int:
@@ -94,6 +102,8 @@ class RequestContext:
     # them to the response's start. Cheaper than wrapping send (a coroutine
     # per message), and they reach error responses from inner layers too.
     response_headers: list[tuple[bytes, bytes]] | None
+    cost_usd: float | None  # the request's price (proxy/spend), set when it ends; None: unknown
+    include_usage: bool  # ask an OpenAI chat stream for its usage (a budgeted key's: proxy/streamusage.py)
 
     def __init__(self, request_id: str, method: str, path: str, client: str | None = None) -> None:
         """What is known when a request arrives; the layers fill in the rest."""
@@ -115,6 +125,8 @@ class RequestContext:
         self.kind = "proxy"
         self.key = None
         self.response_headers = None
+        self.cost_usd = None
+        self.include_usage = False
 
 
 def get_context(scope: Scope) -> RequestContext | None:

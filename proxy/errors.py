@@ -31,10 +31,15 @@ _KINDS: Final[dict[int, tuple[str, str, str, str]]] = {
     503: ("server_error", "service_unavailable", "UNAVAILABLE", "api_error"),
     504: ("server_error", "gateway_timeout", "DEADLINE_EXCEEDED", "api_error"),
 }
+# A spent budget: a 429 as each provider sends for an exhausted quota or
+# credit (the OpenAI SDK raises RateLimitError with code insufficient_quota).
+QUOTA: Final = ("insufficient_quota", "insufficient_quota", "RESOURCE_EXHAUSTED", "rate_limit_error")
 
 
-def error_body(provider: ProviderName, status: int, message: str) -> bytes:
-    oa_type, oa_code, g_status, a_type = _KINDS.get(status, _KINDS[500])
+def error_body(
+    provider: ProviderName, status: int, message: str, kind: tuple[str, str, str, str] | None = None
+) -> bytes:
+    oa_type, oa_code, g_status, a_type = kind or _KINDS.get(status, _KINDS[500])
     body: object
     if provider == "gemini":
         body = {"error": {"code": status, "message": message, "status": g_status}}
@@ -51,8 +56,9 @@ async def send_error(
     status: int,
     message: str,
     extra_headers: Iterable[tuple[bytes, bytes]] = (),
+    kind: tuple[str, str, str, str] | None = None,
 ) -> None:
-    body = error_body(provider, status, message)
+    body = error_body(provider, status, message, kind)
     headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

@@ -24,6 +24,7 @@ import tomli_w
 from .config import PROVIDERS
 from .keys import (
     TIME_FORMAT,
+    BudgetPeriod,
     ClientKey,
     KeyFileError,
     RetiredSecret,
@@ -105,6 +106,7 @@ def create_key(
     force_model: str | None = None,
     default_model: str | None = None,
     max_output_tokens: int | None = None,
+    budget: tuple[float, BudgetPeriod] | None = None,
 ) -> str:
     """Add a key and return its secret, which is shown once and never stored."""
     if not name or any(c.isspace() or c in "\"'\\" for c in name):
@@ -128,8 +130,22 @@ def create_key(
             force_model=check_target(force_model) if force_model else None,
             default_model=check_target(default_model) if default_model else None,
             max_output_tokens=max_output_tokens,
+            budget_usd=budget[0] if budget is not None else None,
+            budget_period=budget[1] if budget is not None else None,
         )
     return secret
+
+
+def set_budget(target: Path | KeyBook, name: str, budget: tuple[float, BudgetPeriod] | None) -> None:
+    """Give an active key a budget, change it, or remove it (``None``).
+
+    Running servers notice within a second, as they notice any change to the keys.
+    """
+    with _book(target).locked() as keys:
+        if name not in keys or keys[name].revoked is not None:
+            raise KeyFileError(f"no active key named {name!r}")
+        usd, period = budget if budget is not None else (None, None)
+        keys[name] = dataclasses.replace(keys[name], budget_usd=usd, budget_period=period)
 
 
 def revoke_key(target: Path | KeyBook, name: str) -> None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 from .config import PROVIDERS
 from .limits import Limits
@@ -72,6 +72,8 @@ class ClientKey:
     force_model: str | None = None
     default_model: str | None = None
     max_output_tokens: int | None = None
+    budget_usd: float | None = None  # spend allowed per budget_period (proxy/spend)
+    budget_period: Literal["day", "week", "month", "total"] | None = None
 
     def allows_provider(self, provider: str) -> bool:
         return self.providers is None or provider in self.providers
@@ -195,6 +197,7 @@ def parse_entry(name: str, entry: Any) -> ClientKey:
         concurrency=_optional_int(entry, "concurrency", name),
     )
     revoked = entry.get("revoked")
+    budget_usd, budget_period = _budget(entry, name)
     return ClientKey(
         name=name,
         id=entry["id"],
@@ -209,7 +212,24 @@ def parse_entry(name: str, entry: Any) -> ClientKey:
         force_model=_optional_target(entry, "force_model", name),
         default_model=_optional_target(entry, "default_model", name),
         max_output_tokens=_optional_int(entry, "max_output_tokens", name),
+        budget_usd=budget_usd,
+        budget_period=budget_period,
     )
+
+
+BudgetPeriod = Literal["day", "week", "month", "total"]
+BUDGET_PERIODS: Final[tuple[str, ...]] = get_args(BudgetPeriod)
+
+
+def _budget(entry: dict[str, Any], name: str) -> tuple[float | None, BudgetPeriod | None]:
+    usd, period = entry.get("budget_usd"), entry.get("budget_period")
+    if usd is None and period is None:
+        return None, None
+    if isinstance(usd, bool) or not isinstance(usd, int | float) or not 0 <= usd < float("inf"):
+        raise KeyFileError(f"key {name!r}: budget_usd must be a number of dollars, 0 or more")
+    if period not in BUDGET_PERIODS:
+        raise KeyFileError(f"key {name!r}: budget_period must be one of {', '.join(BUDGET_PERIODS)}")
+    return float(usd), period
 
 
 def read_keys(path: Path) -> dict[str, ClientKey]:
@@ -247,6 +267,9 @@ def to_entry(key: ClientKey) -> dict[str, Any]:
     for field in ("force_model", "default_model", "max_output_tokens"):
         if getattr(key, field) is not None:
             entry[field] = getattr(key, field)
+    if key.budget_usd is not None and key.budget_period is not None:
+        entry["budget_usd"] = key.budget_usd
+        entry["budget_period"] = key.budget_period
     return entry
 
 

@@ -208,11 +208,25 @@ class Metrics:
         self.session_bytes = Counter(
             "sluice_realtime_bytes_total", "Realtime message bytes relayed.", ("provider", "direction")
         )
+        # Spend (proxy/spend): priced at each request's end.
+        self.spend = Counter(
+            "sluice_spend_usd_total", "What requests cost, in USD, by key, provider and model.",
+            ("key", "provider", "model"),
+        )  # fmt: skip
+        self.unpriced = Counter(
+            "sluice_unpriced_requests_total",
+            "Requests that reported usage for a model with no known price (cost_usd null).",
+            ("provider", "model"),
+        )
+        self.spend_store_errors = Counter(
+            "sluice_spend_store_errors_total", "Spend store failures (kept in memory, retried).", ("op",)
+        )
         self._all = (
             self.requests, self.in_flight, self.ttfb, self.duration, self.tokens,
             self.upstream_errors, self.rate_limited, self.auth_rejections, self.limiter_errors,
             self.failovers, self.key_requests,
             self.sessions_open, self.sessions, self.session_messages, self.session_bytes,
+            self.spend, self.unpriced, self.spend_store_errors,
         )  # fmt: skip
 
     def request_started(self, ctx: RequestContext) -> str:

@@ -39,6 +39,7 @@ from .http import Body, Client, ConnectFailed, Headers, Response, UpstreamError
 from .pool import Credential, CredentialPool
 from .pump import Heartbeat, StreamTimeout, pump
 from .routing import Route
+from .streamusage import with_usage
 from .usage import UsageTap
 from .vertex import TokenError
 
@@ -241,6 +242,8 @@ class _Exchange:
         if body is None:
             return
         data, replayable, length = body
+        if self.ctx.include_usage and isinstance(data, bytes):  # a whole body: the client frames it anew
+            data = with_usage(data) or data
         headers = upstream_request_headers(request_headers(self.scope))
         # Time to headers counts from here, so it includes the upload and any
         # failover attempts: a timer that cancels this task.

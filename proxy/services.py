@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .accesslog import LogWriter
-from .config import Settings
+from .config import ConfigError, Settings
 from .drain import Drain
 from .http import Client, new_client
 from .keys import KeyStore
@@ -16,6 +17,7 @@ from .limits import Limiter
 from .limits.memory import MemoryLimiter
 from .metrics import Metrics
 from .pool import CredentialPool
+from .spend.tracker import SpendTracker
 
 if TYPE_CHECKING:
     from .keys_redis import RedisKeyFeed
@@ -42,6 +44,7 @@ class Services:
     access_log: LogWriter
     drain: Drain
     pools: Mapping[str, CredentialPool]
+    spend: SpendTracker
     key_feed: RedisKeyFeed | None = None  # keeps `keys` in step with Redis, when keys live there
     tracing: Tracing | None = None  # OTEL_*: its layer goes in the chain, its wrapper around `upstream`
 
@@ -76,6 +79,7 @@ class Services:
             drain=Drain(settings.drain_timeout),
             pools=pools,
             tracing=tracing,
+            spend=_spend_tracker(settings, metrics),
         )
 
     async def start(self) -> None:
@@ -89,6 +93,7 @@ class Services:
             await self.key_feed.start()
         if self.tracing is not None:
             self.tracing.started()
+        await self.spend.start()
 
         if self.keys is None:
             if self.settings.auth == "off":
@@ -106,6 +111,7 @@ class Services:
             await self.key_feed.close()
         await self.upstream.close()
         await self.limiter.close()
+        await self.spend.stop()  # after the requests: their spend is written
         self.access_log.close()
         if self.tracing is not None:
             await self.tracing.shutdown()  # after the upstream: its last client spans have ended
@@ -118,3 +124,31 @@ class Services:
         if self.settings.redis_url:
             checks["redis"] = "ok" if await self.limiter.ping() else "unreachable"
         return all(v == "ok" for v in checks.values()), checks
+
+
+def _spend_tracker(settings: Settings, metrics: Metrics) -> SpendTracker:
+    from .spend.prices import Pricer
+    from .spend.store import MemoryStore, SpendStore, SqliteStore, StoreUnavailable
+
+    store: SpendStore
+    if settings.redis_url:
+        from .spend.redis_store import RedisStore
+
+        store = RedisStore(settings.redis_url)
+    elif (path := spend_db_path(settings)) is not None:
+        sqlite = SqliteStore(path)
+        try:
+            sqlite.open_sync()
+        except StoreUnavailable as exc:
+            raise ConfigError("SLUICE_SPEND_DB", str(exc)) from None
+        store = sqlite
+    else:
+        store = MemoryStore()
+    return SpendTracker(Pricer(settings.prices), store, metrics, warn_at=settings.budget_warn_at)
+
+
+def spend_db_path(settings: Settings) -> Path | None:
+    """SLUICE_SPEND_DB, else ``spend.db`` beside the keys file, else None (spend kept in memory)."""
+    if settings.spend_db is not None:
+        return settings.spend_db
+    return settings.keys_file.with_name("spend.db") if settings.keys_file is not None else None

@@ -241,7 +241,12 @@ def _openai_usage(obj: object) -> Usage | None:
     # Chat and embeddings say prompt/completion; Responses says input/output.
     inp = _int(usage, "prompt_tokens", "input_tokens")
     out = _int(usage, "completion_tokens", "output_tokens")
-    return _usage(inp, out, _int(usage, "total_tokens"))
+    found = _usage(inp, out, _int(usage, "total_tokens"))
+    # Cached prompt tokens (a part of the input, priced lower).
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    if found is not None and isinstance(details, dict):
+        found.cache_read_tokens = _int(details, "cached_tokens") or None
+    return found
 
 
 def _gemini_usage(obj: object) -> Usage | None:
@@ -250,7 +255,10 @@ def _gemini_usage(obj: object) -> Usage | None:
         return None
     # Thinking tokens are billed as output but counted apart from candidates.
     out = _sum(_int(meta, "candidatesTokenCount"), _int(meta, "thoughtsTokenCount"))
-    return _usage(_int(meta, "promptTokenCount"), out, _int(meta, "totalTokenCount"))
+    found = _usage(_int(meta, "promptTokenCount"), out, _int(meta, "totalTokenCount"))
+    if found is not None:  # context-cache hits, a part of promptTokenCount
+        found.cache_read_tokens = _int(meta, "cachedContentTokenCount") or None
+    return found
 
 
 def _anthropic_usage(obj: object, before: Usage | None = None) -> Usage | None:
@@ -262,15 +270,20 @@ def _anthropic_usage(obj: object, before: Usage | None = None) -> Usage | None:
         return before
     # Cache reads and writes are input tokens too, reported apart.
     inp = _int(usage, "input_tokens")
+    read, write = _int(usage, "cache_read_input_tokens"), _int(usage, "cache_creation_input_tokens")
     if inp is not None:
-        inp += sum(_int(usage, k) or 0 for k in ("cache_creation_input_tokens", "cache_read_input_tokens"))
+        inp += (read or 0) + (write or 0)
     elif before is not None:
-        inp = before.input_tokens
+        inp, read, write = before.input_tokens, before.cache_read_tokens, before.cache_write_tokens
     out = _int(usage, "output_tokens")  # cumulative in message_delta
     if out is None and before is not None:
         out = before.output_tokens
     total = inp + out if inp is not None and out is not None else None
-    return _usage(inp, out, total) or before
+    found = _usage(inp, out, total)
+    if found is None:
+        return before
+    found.cache_read_tokens, found.cache_write_tokens = read or None, write or None
+    return found
 
 
 def _usage(inp: int | None, out: int | None, total: int | None) -> Usage | None:

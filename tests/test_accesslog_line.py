@@ -52,6 +52,7 @@ def contexts(draw: st.DrawFn) -> RequestContext:
     ctx.outcome = draw(st.sampled_from(["ok", "client_disconnected", "upstream_error", "aborted"]))
     if draw(st.booleans()):
         ctx.usage = Usage(draw(counts), draw(counts), draw(counts))
+    ctx.cost_usd = draw(st.none() | st.floats(min_value=0, max_value=1e6))  # what proxy/spend sets
     return ctx
 
 

@@ -459,14 +459,33 @@ def test_anthropic_cache_tokens_count_as_input() -> None:
         ("message_delta", {"type": "message_delta", "usage": {"output_tokens": 7}}),
         ("message_delta", {"type": "message_delta", "usage": {"output_tokens": 30}}),
     )
-    assert run_tap("anthropic", SSE, body).finish() == Usage(1105, 30, 1135)
+    assert run_tap("anthropic", SSE, body).finish() == Usage(1105, 30, 1135, 1000, 100)
     # A message_delta that restates input tokens is believed.
     restated = body + sse(
         ("message_delta", {"type": "message_delta", "usage": {"input_tokens": 8, "output_tokens": 31}})
     )
     assert run_tap("anthropic", SSE, restated).finish() == Usage(8, 31, 39)
     doc = {"model": "c1", "usage": {"input_tokens": 5, "cache_read_input_tokens": 10, "output_tokens": 2}}
-    assert run_tap("anthropic", JSON, fmt.dumps(doc)).finish() == Usage(15, 2, 17)
+    assert run_tap("anthropic", JSON, fmt.dumps(doc)).finish() == Usage(15, 2, 17, 10)
+
+
+def test_cached_prompt_tokens_are_read_apart() -> None:
+    """What each provider reports of its prompt cache, for pricing (a part of the input tokens)."""
+    chat = {"model": "m", "usage": {"prompt_tokens": 50, "completion_tokens": 5, "total_tokens": 55,
+            "prompt_tokens_details": {"cached_tokens": 40, "audio_tokens": 0}}}  # fmt: skip
+    assert run_tap("openai", JSON, fmt.dumps(chat)).finish() == Usage(50, 5, 55, 40)
+    responses = {"type": "response.completed", "response": {"model": "m", "usage": {
+        "input_tokens": 50, "output_tokens": 5, "total_tokens": 55,
+        "input_tokens_details": {"cached_tokens": 32}}}}  # fmt: skip
+    body = sse(("response.completed", responses))
+    assert run_tap("openai", SSE, body).finish() == Usage(50, 5, 55, 32)
+    meta = {"promptTokenCount": 70, "candidatesTokenCount": 3, "totalTokenCount": 73,
+            "cachedContentTokenCount": 64}  # fmt: skip
+    body = sse((None, {"usageMetadata": meta, "modelVersion": "g1"}))
+    assert run_tap("gemini", SSE, body).finish() == Usage(70, 3, 73, 64)
+    # Zero cached tokens (what OpenAI reports without a cache hit) is no cache use.
+    chat["usage"]["prompt_tokens_details"] = {"cached_tokens": 0}  # type: ignore[index]
+    assert run_tap("openai", JSON, fmt.dumps(chat)).finish() == Usage(50, 5, 55)
 
 
 def test_anthropic_stream_cut_before_message_delta() -> None:

@@ -4,6 +4,7 @@ Fields: ``ts`` (UTC, ms), ``request_id``, ``key`` (the key's *name*),
 ``provider``, ``model``, ``method``, ``path`` (never the query string: it may
 hold a client key), ``status``, ``bytes_in``, ``bytes_out``, ``ttfb_ms``,
 ``duration_ms``, ``usage`` (``{"input", "output", "total"}`` or null),
+``cost_usd`` (the request's price in USD, proxy/spend; null when unknown),
 ``outcome``, ``detail``, ``upstream_request_id``, ``credential`` (the label of
 the server-held credential that served it) and ``client``.
 
@@ -93,6 +94,7 @@ def log_record(ctx: RequestContext, now: float) -> dict[str, Any]:
         "ttfb_ms": None if ttfb is None else _ms(ttfb),
         "duration_ms": _ms(now - ctx.started),
         "usage": None if usage is None else usage.as_dict(),
+        "cost_usd": ctx.cost_usd,
         "outcome": ctx.outcome,
         "detail": ctx.detail,
         "upstream_request_id": ctx.upstream_request_id,
@@ -116,6 +118,8 @@ def log_line(ctx: RequestContext, now: float) -> bytes:
     except _NotPlain:
         pass
     record = log_record(ctx, now)
+    if ctx.cost_usd is not None:  # orjson writes some floats unlike json (1e-06 as 1e-6)
+        return encode_record(record)
     try:
         return _DUMPS(record, option=_APPEND_NEWLINE)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
@@ -215,13 +219,23 @@ def _plain_line(ctx: RequestContext, now: float) -> bytes:
         f'"model":{_q(model)}{_text(model)}{_q(model)},"method":"{_str(method)}","path":"{_str(path)}",'
         f'"status":{_number(ctx.status)},"bytes_in":{_number(ctx.bytes_in)},"bytes_out":{_number(ctx.bytes_out)},'
         f'"ttfb_ms":{ttfb_int}{ttfb_cents},"duration_ms":{took_int}{took_cents},'
-        f'"usage":{"null" if usage is None else _usage_text(usage)},"outcome":"{_str(outcome)}",'
+        f'"usage":{"null" if usage is None else _usage_text(usage)},"cost_usd":{_cost(ctx.cost_usd)},'
+        f'"outcome":"{_str(outcome)}",'
         f'"detail":{_q(detail)}{_text(detail)}{_q(detail)},'
         f'"upstream_request_id":{_q(upstream_id)}{_text(upstream_id)}{_q(upstream_id)},'
         f'"credential":{_q(credential)}{_text(credential)}{_q(credential)},'
         f'"client":{_q(client)}{_text(client)}{_q(client)}}}\n'
     )
     return line.encode()
+
+
+def _cost(value: float | None) -> str:
+    """A cost as json writes it (``repr``); None as ``null``."""
+    if value is None:
+        return "null"
+    if type(value) is not float or not math.isfinite(value):
+        raise _NotPlain
+    return repr(value)
 
 
 def _usage_text(usage: Usage) -> str:

@@ -23,6 +23,7 @@ from ..forwarded import TrustedProxies
 from ..gate import Gate
 from .access_log import AccessLog
 from .auth import Auth
+from .budget import Budget
 from .include_usage import IncludeUsage
 from .model_policy import ModelPolicy
 from .rate_limit import RateLimit
@@ -41,6 +42,9 @@ BUILTINS: Mapping[str, Builder] = {
     ),
     "model_policy": lambda app, s: ModelPolicy(app, s.settings.model_aliases, s.settings.max_inspect_bytes),
     "rate_limit": lambda app, s: RateLimit(app, s.limiter, s.metrics, s.settings.redis_failure),
+    "budget": lambda app, s: Budget(
+        app, s.spend, s.settings.redis_failure, ask_usage=not s.settings.openai_include_usage
+    ),
 }
 
 
@@ -52,6 +56,10 @@ IDLE: Mapping[str, Callable[[Services], bool]] = {
     "auth": lambda s: s.keys is None,
     "model_policy": lambda s: s.keys is None and not s.settings.model_aliases,
     "rate_limit": lambda s: s.keys is None,
+    # Never idle: it prices every request (keys or not), and a key can gain a
+    # budget while Sluice runs (the keys file reloads), so nothing known at
+    # start says it will have nothing to do. See middleware/budget.py.
+    "budget": lambda s: False,
 }
 
 
@@ -92,6 +100,8 @@ def check_chain(chain: tuple[str, ...], services: Services) -> None:
             "'model_policy' is not in middleware.chain: keys' force_model, default_model "
             "and max_output_tokens are not applied"
         )
+    if "budget" in chain and "auth" in chain and chain.index("budget") < chain.index("auth"):
+        raise ConfigError("SLUICE_CONFIG", "'budget' must come after 'auth': it enforces the key auth found")
     duplicates = {name for name in chain if chain.count(name) > 1}
     if duplicates:
         raise ConfigError("SLUICE_CONFIG", f"middleware listed twice: {', '.join(sorted(duplicates))}")

@@ -9,11 +9,10 @@ reads ``chunk.choices[0]`` unguarded will trip over.
 
 from __future__ import annotations
 
-import json
-
 from ..asgi import ASGIApp, Receive, Scope, Send
 from ..body import read_body, replay
 from ..context import get_context
+from ..streamusage import wants_usage, with_usage
 
 
 class IncludeUsage:
@@ -26,9 +25,7 @@ class IncludeUsage:
         return (
             ctx is not None
             and ctx.route is not None
-            and ctx.provider == "openai"
-            and scope["method"] == "POST"
-            and ctx.route.upstream_path.endswith("/chat/completions")
+            and wants_usage(ctx.provider, scope["method"], ctx.route.upstream_path)
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -36,7 +33,7 @@ class IncludeUsage:
             await self.app(scope, receive, send)
             return
         body, receive = await read_body(receive, self.max_inspect_bytes)
-        rewritten = _with_usage(body) if body is not None else None
+        rewritten = with_usage(body) if body is not None else None
         if rewritten is None:
             await self.app(scope, receive, send)
             return
@@ -44,18 +41,3 @@ class IncludeUsage:
         headers.append((b"content-length", str(len(rewritten)).encode()))
         message = {"type": "http.request", "body": rewritten, "more_body": False}
         await self.app({**scope, "headers": headers}, replay([message], receive), send)
-
-
-def _with_usage(body: bytes) -> bytes | None:
-    """The body with include_usage set, or None when it is not a stream request lacking it."""
-    try:
-        document = json.loads(body)
-    except ValueError:
-        return None  # the upstream will explain what is wrong with it
-    if not isinstance(document, dict) or document.get("stream") is not True:
-        return None
-    options = document.get("stream_options")
-    if isinstance(options, dict) and options.get("include_usage"):
-        return None
-    document["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
