@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import gc
 import math
 import resource
+import signal
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -16,7 +19,7 @@ from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors import Multiprocess
 
 from .app import create_app
-from .config import Settings
+from .config import ConfigError, Settings
 from .dispatch import SluiceApp
 from .http import server_options
 
@@ -95,15 +98,46 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     )
 
 
+def _remove_before_dying(path: Path) -> None:
+    """Remove ``path`` on SIGTERM too, then die of it as before.
+
+    One worker's uvicorn ends by raising the signal it caught again, under
+    the handler found at its start: this one, then, rather than the default
+    that would end the process before any ``finally``.
+    """
+    from .metricfiles import remove_dir
+
+    def handler(signum: int, _frame: object) -> None:
+        remove_dir(path)
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def serve(settings: Settings, on_listening: Callable[[str], None]) -> None:
     """Serve until SIGINT/SIGTERM. ``on_listening`` gets the base URL once the socket is bound."""
+    from .metricfiles import prepare_dir, remove_dir
+
     raise_open_files_limit(2 * settings.pool_size + 1024)
-    sock = bind_socket(settings.host, settings.port)
-    host, port = sock.getsockname()[:2]
-    shown_host = f"[{host}]" if ":" in host else host
-    config = uvicorn_config(settings)
-    on_listening(f"http://{shown_host}:{port}")
-    if settings.workers > 1:
-        Multiprocess(config, sockets=[sock]).run()
-    else:
-        uvicorn.Server(config).run(sockets=[sock])
+    try:
+        # Every worker (one, or the supervisor's N) writes its metrics there.
+        metrics_dir, ours = prepare_dir(settings.metrics_dir)
+    except (OSError, ValueError) as exc:
+        raise ConfigError("SLUICE_METRICS_DIR", str(exc)) from exc
+    settings = dataclasses.replace(settings, metrics_dir=metrics_dir)
+    if ours:
+        _remove_before_dying(metrics_dir)
+    try:
+        sock = bind_socket(settings.host, settings.port)
+        host, port = sock.getsockname()[:2]
+        shown_host = f"[{host}]" if ":" in host else host
+        config = uvicorn_config(settings)
+        on_listening(f"http://{shown_host}:{port}")
+        if settings.workers > 1:
+            Multiprocess(config, sockets=[sock]).run()
+        else:
+            uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        if ours:
+            remove_dir(metrics_dir)
