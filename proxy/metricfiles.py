@@ -10,7 +10,8 @@ answers a scrape reads them all.
 The files are ``prometheus_client``'s multiprocess format (its
 ``mmap_dict``: a used-length header, then entries of a JSON key and two
 doubles), named as its ``MultiProcessCollector`` expects
-(``counter_<id>.db``, ``histogram_<id>.db``, ``gauge_livesum_<id>.db``), and
+(``counter_<id>.db``, ``histogram_<id>.db``, ``gauge_livesum_<id>.db``,
+``gauge_livemax_<id>.db``), and
 the scrape merges them with that collector's own ``merge``. Sluice writes
 them itself (:class:`SlotFile`) because the request path must stay cheap:
 prometheus_client's writer looks each key up and packs a struct per update,
@@ -25,7 +26,8 @@ Guarantees:
   instance runs. Each worker process gets fresh files under a new id, never
   a predecessor's, even if the pid is reused.
 * ``gauge_livesum`` gauges (requests in flight) are summed over the workers
-  alive now. A worker holds a shared ``flock`` on each of its files for its
+  alive now; ``gauge_livemax`` ones (a credential's cool-down end) take the
+  largest value of the workers alive now. A worker holds a shared ``flock`` on each of its files for its
   whole life; the kernel drops it when the process ends, however it ends. A
   scrape that can take the lock exclusively has found a dead worker's
   gauge file: it drops the values and deletes the file.

@@ -104,6 +104,10 @@ class _Value:
         self.value = value
         self.view[self.index] = value  # one aligned 8-byte store: a reader never sees it torn
 
+    def put(self, value: float) -> None:
+        self.value = value
+        self.view[self.index] = value
+
 
 _LOCAL = LocalSlots()
 
@@ -153,6 +157,7 @@ class Gauge(Counter):
 
     ``gauge_livesum`` (the default): summed over the workers alive now; a
     dead worker's value is dropped (what it had in flight ended with it).
+    ``gauge_livemax``: the largest over the workers alive now.
     ``local``: only the answering worker's own value, never shared (a value
     it sets at scrape time, such as readiness).
     """
@@ -169,8 +174,7 @@ class Gauge(Counter):
         self._cell(labels).add(-amount)
 
     def set(self, labels: LabelValues, value: float) -> None:
-        cell = self._cell(labels)
-        cell.add(value - cell.value)
+        self._cell(labels).put(value)
 
 
 class _Cell:
@@ -300,6 +304,18 @@ class Metrics:
         self.limiter_errors = Counter(
             "sluice_limiter_errors_total", "Rate-limit backend failures, by the policy applied.", ("policy",)
         )
+        self.key_requests = Counter(
+            "sluice_key_requests_total",
+            'Requests by provider and client key name ("" without client keys).',
+            ("provider", "key"),
+        )
+        self.credential_cooldown = Gauge(
+            "sluice_credential_cooldown_until_seconds",
+            "Unix time until which a server-held credential is out of use (0: in use); "
+            "the latest over the live workers.",
+            ("provider", "label"),
+            mode="gauge_livemax",
+        )
         self.ready = Gauge(
             "sluice_ready", "1 when /readyz of the worker answering the scrape says ready, else 0.",
             mode="local",
@@ -307,7 +323,7 @@ class Metrics:
         self._all = (
             self.requests, self.in_flight, self.ttfb, self.duration, self.tokens,
             self.upstream_errors, self.rate_limited, self.auth_rejections, self.limiter_errors,
-            self.failovers, self.ready,
+            self.failovers, self.key_requests, self.credential_cooldown, self.ready,
         )  # fmt: skip
         self.shared_dir = shared_dir
         if shared_dir is not None:
@@ -332,6 +348,7 @@ class Metrics:
         by_provider = (provider,)
         self.in_flight.dec((in_flight_label,))
         self.requests.inc((provider, str(ctx.status or 0), ctx.outcome))
+        self.key_requests.inc((provider, ctx.key_name or ""))
         self.duration.observe(now - ctx.started, by_provider)
         if ctx.ttfb is not None:
             self.ttfb.observe(ctx.ttfb, by_provider)
