@@ -83,8 +83,12 @@ METRICS_FUNCTIONS = re.compile(r"CPyDef_metrics___Metrics___request_(started|end
 def metrics_share(dump: Path) -> int | None:
     """Instructions spent recording metrics in ``dump`` (inclusive), or None when not compiled."""
     tool = shutil.which("callgrind_annotate") or "callgrind_annotate"
-    argv = [tool, "--inclusive=yes", "--threshold=100", str(dump)]
-    report = subprocess.run(argv, check=True, capture_output=True, text=True).stdout  # noqa: S603
+    argv = [tool, "--inclusive=yes", "--auto=no", "--threshold=100", str(dump)]
+    # Run beside the dump, away from any source tree: where it can open a
+    # relative source path, callgrind_annotate lists that function twice.
+    report = subprocess.run(  # noqa: S603 - our own argv
+        argv, cwd=dump.parent, check=True, capture_output=True, text=True
+    ).stdout
     found = [
         int(line.split()[0].replace(",", ""))
         for line in report.splitlines()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, SupportsIndex
 
 from .context import RequestContext, Usage
 
@@ -95,8 +95,10 @@ class _Value:
 
     __slots__ = ("index", "value", "view")
 
-    def __init__(self, view: memoryview[float], index: int) -> None:
+    def __init__(self, view: memoryview[float], index: SupportsIndex) -> None:
         self.value = 0.0
+        # Kept boxed (a protocol type is an object to mypyc): an int field
+        # would be boxed again, a new object past 256, on every store.
         self.view, self.index = view, index
 
     def add(self, amount: float) -> None:
@@ -182,7 +184,7 @@ class _Cell:
 
     __slots__ = ("counts", "indexes", "total", "view")
 
-    def __init__(self, view: memoryview[float], indexes: list[int]) -> None:
+    def __init__(self, view: memoryview[float], indexes: list[SupportsIndex]) -> None:
         # A slot per bucket (not cumulative, as prometheus_client files them), then the sum's.
         self.view, self.indexes = view, indexes
         self.counts = [0] * (len(indexes) - 1)
@@ -214,7 +216,7 @@ class Histogram:
         keys = [slot_key(self.name, bucket, names, (*labels, le), self.help) for le in self.bounds()]
         keys.append(slot_key(self.name, f"{self.name}_sum", self.label_names, labels, self.help))
         view, indexes = self.store.slots(self.mode, keys)
-        cell = self.cells[labels] = _Cell(view, indexes)
+        cell = self.cells[labels] = _Cell(view, list(indexes))
         return cell
 
     def observe(self, value: float, labels: LabelValues = ()) -> None:
