@@ -106,7 +106,8 @@ PURE_TESTS := tests/test_headers.py tests/test_routing.py tests/test_usage.py te
 	tests/test_http_h1client.py tests/test_http_client.py tests/test_http_wire.py tests/test_pump.py \
 	tests/test_accesslog_line.py tests/test_limits.py \
 	tests/test_limits_window.py tests/test_gatekeeping.py tests/test_http_eventloop.py tests/test_failover.py \
-	tests/test_jsonread.py tests/test_metrics.py tests/test_auth.py
+	tests/test_jsonread.py tests/test_metrics.py tests/test_auth.py tests/test_jsonedit.py \
+	tests/test_envelope.py
 # The official JavaScript SDKs at the versions tests/js/package-lock.json pins.
 JS_DEPS := tests/js/node_modules/.installed
 $(JS_DEPS): tests/js/package-lock.json | system-deps

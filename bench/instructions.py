@@ -1,6 +1,7 @@
 """Instructions per request, counted by callgrind: an A/B that machine noise cannot move.
 
-    .venv/bin/python -m bench.instructions [--chain] [--requests N] [--connections C] [--keep DIR] [TREE ...]
+    .venv/bin/python -m bench.instructions [--chain] [--otlp] [--env NAME=VALUE] [--requests N]
+                                           [--connections C] [--keep DIR] [TREE ...]
 
 Wall-clock and CPU-time figures on a shared 2-core VM swing by 30 % between
 runs, which hides any change smaller than that. Counting the instructions
@@ -15,6 +16,12 @@ names the functions the instructions went to.
 outside valgrind), so C requests are in flight together, as under load: the
 garbage collector then has more live objects to scan, for one. The default,
 one connection, repeats best.
+
+``--otlp`` turns tracing on (``OTEL_EXPORTER_OTLP_ENDPOINT``) towards a sink
+on loopback that answers every export with 200: the count then includes the
+spans' making and, in the SDK's export thread, their encoding and sending
+(in batches of 512, the SDK's default, or every 5 s). ``--env NAME=VALUE``
+(repeatable) adds a variable to Sluice's environment, e.g. a sampler.
 
 What it counts is work, not time: a cache-friendly change can be faster than
 its instruction count says, and a system call counts as one instruction.
@@ -35,7 +42,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from . import paths
@@ -62,6 +71,28 @@ def _concurrently(port: int, key: str, count: int, connections: int) -> None:
         futures = [pool.submit(_requests, port, key, n) for n in shares]
         for future in futures:
             future.result()
+
+
+class _Sink(BaseHTTPRequestHandler):
+    """Accepts an OTLP export and answers 200 with an empty response (valid protobuf)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def start_otlp_sink() -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def _callgrind_control(option: str, pid: int) -> None:
@@ -98,7 +129,14 @@ def metrics_share(dump: Path) -> int | None:
 
 
 def count(
-    tree: Path, upstream_port: int, workdir: Path, chain: bool, requests: int, connections: int = 1
+    tree: Path,
+    upstream_port: int,
+    workdir: Path,
+    chain: bool,
+    requests: int,
+    connections: int = 1,
+    otlp: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[float, float | None]:
     """Instructions Sluice (from ``tree``) executes per request, and those of its metrics, per request."""
     keys = workdir / "keys.toml" if chain else None
@@ -106,6 +144,9 @@ def count(
     env = paths.sluice_env(upstream_port, str(workdir / "access.log") if chain else "off", keys)
     env["PYTHONPATH"] = str(tree)  # `-m proxy` then runs that tree's code
     env["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every run
+    if otlp is not None:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp
+    env.update(extra_env or {})
     env_file = workdir / "empty.env"
     env_file.write_text("")
     out = workdir / "callgrind.out"
@@ -141,16 +182,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chain", action="store_true", help="keys, rate limits and the access log on")
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--connections", type=int, default=1, help="connections sending at once")
+    parser.add_argument("--otlp", action="store_true", help="tracing on, exporting to a sink")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="for Sluice")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="copy the callgrind dumps here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="sluice-icount-") as tmp:
         upstream = paths.start_upstream(Path(tmp))
+        sink = start_otlp_sink() if args.otlp else None
+        otlp = f"http://127.0.0.1:{sink.server_address[1]}" if sink is not None else None
         try:
             for i, tree in enumerate(args.trees):
                 workdir = Path(tmp) / f"tree{i}"
                 workdir.mkdir()
                 per_request, metrics = count(
-                    tree.resolve(), upstream.port, workdir, args.chain, args.requests, args.connections
+                    tree.resolve(),
+                    upstream.port,
+                    workdir,
+                    args.chain,
+                    args.requests,
+                    args.connections,
+                    otlp,
+                    dict(pair.split("=", 1) for pair in args.env),
                 )
                 if args.keep is not None:
                     args.keep.mkdir(parents=True, exist_ok=True)
@@ -162,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
         finally:
             upstream.stop()
+            if sink is not None:
+                sink.shutdown()
     return 0
 
 

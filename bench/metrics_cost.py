@@ -56,7 +56,7 @@ if sys.argv[2] != "-":
 from prometheus_client import Counter, Gauge, Histogram
 B = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 requests = Counter("sluice_requests", "h", ("provider", "status", "outcome"))
-keys = Counter("sluice_key_requests", "h", ("provider", "key"))
+keys = Counter("sluice_key_requests", "h", ("key", "outcome"))
 tokens = Counter("sluice_tokens", "h", ("provider", "key", "direction"))
 in_flight = Gauge("sluice_in_flight_requests", "h", ("provider",), multiprocess_mode="livesum")
 ttfb = Histogram("sluice_time_to_first_byte_seconds", "h", ("provider",), buckets=B)
@@ -64,7 +64,7 @@ duration = Histogram("sluice_request_duration_seconds", "h", ("provider",), buck
 n, kept = int(sys.argv[1]), sys.argv[3] == "kept"
 if kept:
     f, r = in_flight.labels("openai"), requests.labels("openai", "200", "ok")
-    k, d, t = keys.labels("openai", "team"), duration.labels("openai"), ttfb.labels("openai")
+    k, d, t = keys.labels("team", "ok"), duration.labels("openai"), ttfb.labels("openai")
     ti, to = tokens.labels("openai", "team", "input"), tokens.labels("openai", "team", "output")
     for _ in range(n):
         f.inc(); f.dec(); r.inc(); k.inc(); d.observe(0.004); t.observe(0.003); ti.inc(12); to.inc(30)
@@ -73,7 +73,7 @@ else:
         in_flight.labels("openai").inc()
         in_flight.labels("openai").dec()
         requests.labels("openai", "200", "ok").inc()
-        keys.labels("openai", "team").inc()
+        keys.labels("team", "ok").inc()
         duration.labels("openai").observe(0.004)
         ttfb.labels("openai").observe(0.003)
         tokens.labels("openai", "team", "input").inc(12)

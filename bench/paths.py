@@ -183,6 +183,8 @@ http {{
     # connection) would add reconnects that Sluice and the generator never make.
     keepalive_requests 10000000;
     keepalive_timeout 120s;
+    # WebSocket upgrades (scenario 6) pass on; plain HTTP keeps an empty Connection (keep-alive).
+    map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
     upstream provider {{
         server 127.0.0.1:{upstream};
         keepalive 256;
@@ -194,7 +196,8 @@ http {{
         location / {{
             proxy_pass http://provider;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
             proxy_buffering off;
             proxy_request_buffering off;
             proxy_read_timeout 600s;
@@ -245,7 +248,7 @@ def sluice_env(upstream_port: int, access_log: str, keys_file: Path | None) -> d
 
 def create_bench_key(path: Path) -> str:
     """A client key whose limits exist (so they are counted) but never trigger."""
-    from proxy.keys import create_key
+    from proxy.keybook import create_key
     from proxy.limits import Limits
 
     return create_key(path, "bench", Limits(rpm=1_000_000_000, concurrency=1_000_000))

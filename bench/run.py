@@ -1,6 +1,6 @@
 """Sluice's benchmark suite (issue 7): ``make bench``, or
 
-    .venv/bin/python -m bench.run [--quick] [--rounds N] [--only c1,tput,stream,sweep,memory]
+    .venv/bin/python -m bench.run [--quick] [--rounds N] [--only c1,tput,stream,sweep,memory,realtime]
                                   [--baseline-tree DIR]
 
 Runs direct, nginx, Sluice and Sluice with its default middleware chain in
@@ -37,13 +37,13 @@ from typing import Any
 
 import uvloop
 
-from . import machine, paths, report
+from . import machine, paths, realtime, report
 from .meter import wait_quiet
 from .paths import REPO, Target
 from .profile import profile
 from .scenarios import Plan, Wires, idle_memory, latency_c1, saturation, streaming, sweep_level, throughput
 
-SCENARIOS = ("c1", "tput", "stream", "sweep", "memory")
+SCENARIOS = ("c1", "tput", "stream", "sweep", "memory", "realtime")
 STOCK_SCENARIOS = frozenset({"c1", "tput", "stream"})
 BASELINE_SCENARIOS = frozenset({"c1", "tput"})
 
@@ -61,6 +61,9 @@ QUICK = Plan(
     chain_pairs=2,
     chain_pair_seconds=1.0,
     baseline_pairs=2,
+    realtime_rounds=1,
+    realtime_frames=500,
+    realtime_idle=300,
 )
 
 _t0 = time.monotonic()
@@ -224,6 +227,33 @@ async def memory(
     return out
 
 
+async def realtime_sessions(workdir: Path, plan: Plan) -> dict[str, Any]:
+    """Scenario 6 (bench/realtime.py): an echo upstream, nginx and Sluice of its own."""
+    home = workdir / "realtime"
+    echo = realtime.start_echo(home)
+    started = [echo]
+    try:
+        started.append(paths.start_nginx(home, echo.port))
+        started.append(paths.start_sluice(home, echo.port))
+        targets = [paths.direct(echo), *started[1:]]
+        trips = await interleaved(
+            "realtime",
+            targets,
+            plan.realtime_rounds,
+            lambda order: realtime.round_trips(order, plan.realtime_frames),
+            lambda x: f"round trip p50 {x['p50']:.3f} ms p99 {x['p99']:.3f} ms, mismatches {x['mismatches']}",
+        )
+        idle: dict[str, Any] = {}
+        for t in targets[1:]:
+            res = await measured(lambda t=t: realtime.idle_sessions(t, plan.realtime_idle))  # type: ignore[misc]
+            idle[t.name] = res
+            log(f"realtime idle {t.name:<7} held {res['held']:,}: {res['kib_per_session']:.1f} KiB/session")
+        return {"round_trips": trips, "idle": idle}
+    finally:
+        for t in reversed(started):
+            t.stop()
+
+
 def _in(scenario: str, targets: list[Target]) -> list[Target]:
     """The paths a scenario measures: the four always, the stock and baseline paths where listed."""
     return [
@@ -327,6 +357,8 @@ async def orchestrate(
                 t.stop()
         if "memory" in only:
             raw["memory"] = await memory(workdir, upstream, keys, wires, plan, baseline)
+        if "realtime" in only:
+            raw["realtime"] = await realtime_sessions(workdir, plan)
         if do_profile and sluice_rate is not None and time.monotonic() - _t0 > PROFILE_SKIP_AFTER_S:
             log("skipping the py-spy profile: the run is already long (a busy machine)")
         elif do_profile and sluice_rate is not None:

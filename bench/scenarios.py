@@ -71,6 +71,10 @@ class Plan:
     # sluice against sluice@baseline (--baseline-tree), measured like the chain:
     # groups of four closed-loop windows, A B B A then B A A B.
     baseline_pairs: int = 4  # 4 x 4 windows of 2 s: enough for a 10 % verdict, and the run stays short
+    # Scenario 6 (bench/realtime.py): echo round trips a path a round, and idle sessions held.
+    realtime_rounds: int = 2
+    realtime_frames: int = 1500
+    realtime_idle: int = 1000
 
     def per_path(self, rate_all: float, count: int, paths: int) -> tuple[float, float]:
         """A path's rate and the window's length when ``paths`` paths share ``rate_all``."""

@@ -424,6 +424,35 @@ def memory(mem: dict[str, Any]) -> list[Row]:
     return [per, held, rss]
 
 
+def realtime(rt: dict[str, Any]) -> list[Row]:
+    """Scenario 6 (bench/realtime.py): echo round trips over a session, and idle sessions' memory."""
+    s = "6. Realtime WebSocket frames"
+    trips = rt.get("round_trips", {})
+    rows = [figure(trips, "p50", s, "round trip p50 (ms)"), figure(trips, "p99", s, "round trip p99 (ms)")]
+    rows += [
+        added(trips, "p50", s, "added per frame p50 (ms)"),
+        added(trips, "p99", s, "added per frame p99 (ms)"),
+    ]
+    rows.append(figure(trips, "cpu_us_per_frame", s, "proxy CPU per round trip (µs)"))
+    bad = Row(
+        s,
+        "echoes differing from the frame sent",
+        {p: float(sum(r["mismatches"] for r in rs)) for p, rs in trips.items()},
+    )
+    bad.target, bad.status = "0 (frame-identical)", verdict(bool(trips) and not any(bad.values.values()))
+    idle = {p: r for p, r in rt.get("idle", {}).items() if isinstance(r, dict)}
+    per = Row(
+        s, "RSS growth per idle session (KiB)", {p: float(r["kib_per_session"]) for p, r in idle.items()}
+    )
+    if "sluice" in per.values and "nginx" in per.values:
+        per.vs_nginx = per.values["sluice"] / per.values["nginx"]
+    held = Row(s, "idle sessions held (closed cleanly)", {p: float(r["held"]) for p, r in idle.items()})
+    held.notes += [
+        f"{p}: {r['clean_closes']:,} clean closes, opened in {r['open_seconds']} s" for p, r in idle.items()
+    ]
+    return [*rows, bad, per, held]
+
+
 def identity(raw: dict[str, Any]) -> Row:
     """Byte identity: every body through every path hashed the same as the upstream's own bytes."""
     checked: dict[str, float] = {}
@@ -468,6 +497,8 @@ def summarize(raw: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
         rows += sweep(raw["sweep"], plan["sweep_interval_ms"])
     if "memory" in raw:
         rows += memory(raw["memory"])
+    if "realtime" in raw:
+        rows += realtime(raw["realtime"])
     rows.append(identity(raw))
     for name in ("latency_c1", "throughput", "streaming"):
         if name in raw and (note := foreign_note(raw[name])):

@@ -4,7 +4,7 @@ team name, and refuse requests that ask for more output tokens than a ceiling.
 Enable it in the config file named by SLUICE_CONFIG:
 
     [middleware]
-    chain = ["access_log", "auth", "rate_limit", "examples.team_header:TeamHeader"]
+    chain = ["access_log", "auth", "model_policy", "rate_limit", "examples.team_header:TeamHeader"]
 
     [middleware.options."examples.team_header:TeamHeader"]
     team = "research"

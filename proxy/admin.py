@@ -22,12 +22,17 @@ def credential_states(services: Services) -> dict[str, list[dict[str, object]]]:
     return {name: [asdict(s) for s in pool.status()] for name, pool in services.pools.items()}
 
 
+def presents_admin_token(request: Request, token: str | None) -> bool:
+    """Whether the request carries ``Authorization: Bearer <token>`` (never true when no token is set)."""
+    presented = request.headers.get("authorization", "")
+    return token is not None and hmac.compare_digest(presented.encode(), f"Bearer {token}".encode())
+
+
 def admin_routes(services: Services) -> list[Route]:
     token = services.settings.admin_token
 
     def allowed(request: Request) -> bool:
-        presented = request.headers.get("authorization", "")
-        return token is not None and hmac.compare_digest(presented.encode(), f"Bearer {token}".encode())
+        return presents_admin_token(request, token)
 
     async def show(request: Request) -> Response:
         if not allowed(request):

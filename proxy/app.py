@@ -13,9 +13,11 @@ from starlette.routing import Route
 from .admin import admin_routes, credential_states
 from .chat import ChatApi, playground_route
 from .config import Settings
+from .dashboard import dashboard_routes
 from .dispatch import Dispatch, SluiceApp
 from .middleware import build_chain
 from .passthrough import Passthrough
+from .realtime.endpoint import Realtime
 from .services import Services
 
 
@@ -24,7 +26,8 @@ def create_app(settings: Settings) -> SluiceApp:
     services = Services.build(settings)
     passthrough = Passthrough(settings, services.upstream, services.drain, services.pools)
     chat = ChatApi(services)
-    chain = build_chain(Dispatch(passthrough, api=chat), services)
+    realtime = Realtime(settings, services.drain, services.pools)
+    chain = build_chain(Dispatch(passthrough, api=chat, realtime=realtime), services)
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -57,6 +60,7 @@ def create_app(settings: Settings) -> SluiceApp:
         Route("/metrics", metrics, methods=["GET"]),
         playground_route(),  # a static page: no key needed to load it
         *admin_routes(services),
+        *dashboard_routes(settings.admin_token, metrics),  # /metrics' own endpoint, behind the admin token
     ]
     plain = Starlette(routes=routes, lifespan=lifespan)
     plain.state.services = services  # for introspection in tests and embedding

@@ -10,14 +10,20 @@ import argparse
 import dataclasses
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import PROVIDERS, ConfigError, Settings, load_settings
 from .credentials import CredentialSpec
 from .demo import banner, start_warnings
 from .http import HTTP_MODES
+
+if TYPE_CHECKING:
+    from .keybook import KeyBook
+    from .keys import ClientKey
 
 EXIT_CONFIG = 2
 
@@ -46,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=HTTP_MODES,
         help="fast: Sluice's own HTTP/1.1 server and client (default); stock: uvicorn's and aiohttp's",
     )
+    serve.add_argument("--ssl-certfile", type=Path, help="serve TLS with this PEM certificate (chain)")
+    serve.add_argument("--ssl-keyfile", type=Path, help="the certificate's private key (PEM, unencrypted)")
 
     _keys_parser(sub)
 
@@ -58,7 +66,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    keys = sub.add_parser("keys", help="manage client keys (file: --file or SLUICE_KEYS_FILE)")
+    keys = sub.add_parser(
+        "keys", help="manage client keys (in --file, SLUICE_KEYS_FILE, or else SLUICE_REDIS_URL's Redis)"
+    )
     keys.add_argument("--file", type=Path, help="the keys file (default: SLUICE_KEYS_FILE)")
     keys.add_argument("--env-file", type=Path, help="read SLUICE_KEYS_FILE from this file (default: ./.env)")
     actions = keys.add_subparsers(dest="action", required=True)
@@ -73,9 +83,24 @@ def _keys_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     create.add_argument(
         "--models", nargs="+", help="models it may use; globs like 'gpt-4o*' work (default: all)"
     )
+    create.add_argument(
+        "--expires", help="refused after this: a duration (30d, 12h) or a UTC date (2027-01-31)"
+    )
+    create.add_argument("--force-model", help="provider/model every request of the key goes to")
+    create.add_argument("--default-model", help="provider/model for requests that name none")
+    create.add_argument(
+        "--max-output-tokens", type=_positive, help="cap on the output tokens a request asks for"
+    )
     actions.add_parser("list", help="list keys (never their secrets)")
     revoke = actions.add_parser("revoke", help="revoke a key; running servers notice within a second")
     revoke.add_argument("name")
+    rotate = actions.add_parser(
+        "rotate", help="give a key a new secret (printed once); the old one lasts --grace"
+    )
+    rotate.add_argument("name")
+    rotate.add_argument(
+        "--grace", default="1h", help="how long the old secret keeps working (default 1h; 0s: none)"
+    )
 
 
 def _positive(raw: str) -> int:
@@ -85,47 +110,87 @@ def _positive(raw: str) -> int:
     return value
 
 
+def _key_book(args: argparse.Namespace, env: Mapping[str, str]) -> KeyBook:
+    from .keybook import FileBook
+
+    if args.file or env.get("SLUICE_KEYS_FILE"):
+        return FileBook(args.file or Path(env["SLUICE_KEYS_FILE"]))
+    if env.get("SLUICE_REDIS_URL"):
+        from .keys_redis import RedisBook
+
+        return RedisBook(env["SLUICE_REDIS_URL"])
+    raise ConfigError(
+        "SLUICE_KEYS_FILE", "not set; pass --file PATH, or set SLUICE_KEYS_FILE or SLUICE_REDIS_URL"
+    )
+
+
 def _keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from .keys import KeyFileError, create_key, read_keys, revoke_key
+    from .keybook import create_key, parse_duration, parse_expiry, revoke_key, rotate_key
+    from .keys import KeyFileError
     from .limits import Limits
 
-    path = args.file or (Path(env["SLUICE_KEYS_FILE"]) if env.get("SLUICE_KEYS_FILE") else None)
-    if path is None:
-        raise ConfigError("SLUICE_KEYS_FILE", "not set; pass --file PATH or set SLUICE_KEYS_FILE")
     try:
+        book = _key_book(args, env)
         if args.action == "create":
             limits = Limits(rpm=args.rpm, tpm=args.tpm, concurrency=args.concurrency)
             providers = tuple(args.providers) if args.providers else None
             models = tuple(args.models) if args.models else None
-            secret = create_key(path, args.name, limits, providers, models)
+            expires = parse_expiry(args.expires) if args.expires else None
+            secret = create_key(
+                book,
+                args.name,
+                limits,
+                providers,
+                models,
+                expires,
+                force_model=args.force_model,
+                default_model=args.default_model,
+                max_output_tokens=args.max_output_tokens,
+            )
             print(secret)
             print(
-                f"Key {args.name!r} created in {path}. The secret above is shown only now.", file=sys.stderr
+                f"Key {args.name!r} created in {book.where}. The secret above is shown only now.",
+                file=sys.stderr,
+            )
+        elif args.action == "rotate":
+            grace = parse_duration(args.grace)
+            secret = rotate_key(book, args.name, grace)
+            print(secret)
+            print(
+                f"Key {args.name!r} has a new secret (above, shown only now); "
+                f"the old one works for {args.grace} more.",
+                file=sys.stderr,
             )
         elif args.action == "revoke":
-            revoke_key(path, args.name)
+            revoke_key(book, args.name)
             print(f"Key {args.name!r} revoked.", file=sys.stderr)
         else:
-            _print_keys(read_keys(path))
+            _print_keys(book.read())
     except KeyFileError as exc:
         print(f"sluice keys: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return 0
 
 
-def _print_keys(keys: Mapping[str, object]) -> None:
-    from .keys import ClientKey
+def _print_keys(keys: Mapping[str, ClientKey]) -> None:
+    from .keys import key_status
 
     print(f"{'NAME':<20} {'ID':<14} {'CREATED':<21} {'RPM':>6} {'TPM':>9} {'CONC':>5}", end="")
     print("  PROVIDERS / MODELS  STATUS")
+    now = time.time()
     for key in keys.values():
-        assert isinstance(key, ClientKey)
         lim = key.limits
         scope = f"{','.join(key.providers or ['*'])} / {','.join(key.models or ['*'])}"
-        status = f"revoked {key.revoked}" if key.revoked else "active"
+        for label, value in (
+            ("force", key.force_model),
+            ("default", key.default_model),
+            ("max out", key.max_output_tokens),
+        ):
+            if value is not None:
+                scope += f" ({label} {value})"
         print(
             f"{key.name:<20} {key.id:<14} {key.created:<21} {lim.rpm or '-':>6} {lim.tpm or '-':>9} "
-            f"{lim.concurrency or '-':>5}  {scope}  {status}"
+            f"{lim.concurrency or '-':>5}  {scope}  {key_status(key, now)}"
         )
 
 
@@ -156,7 +221,14 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from .server import serve
 
     settings = load_settings(
-        env, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level, http=args.http
+        env,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        http=args.http,
+        ssl_certfile=args.ssl_certfile,
+        ssl_keyfile=args.ssl_keyfile,
     )
     no_keys = all(not settings.upstreams[p].credentials for p in PROVIDERS)
     if args.mock or (args.mock_if_unconfigured and no_keys):

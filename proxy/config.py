@@ -22,6 +22,8 @@ from .credentials import CredentialError, CredentialSpec, from_env_value
 from .credentials import from_config as credentials_from_config
 from .forwarded import Network, parse_networks
 from .http import HTTP_MODES, HttpMode
+from .tls import TlsFileError, check_files
+from .tracing.settings import TracingSettingError, TracingSettings, load_tracing
 
 ProviderName = Literal["openai", "gemini", "anthropic"]
 PROVIDERS: tuple[ProviderName, ...] = ("openai", "gemini", "anthropic")
@@ -54,7 +56,7 @@ AuthMode = Literal["auto", "on", "off"]
 FailurePolicy = Literal["open", "closed"]
 
 # The default middleware chain, outermost first. See proxy/middleware.
-DEFAULT_CHAIN: tuple[str, ...] = ("access_log", "auth", "rate_limit")
+DEFAULT_CHAIN: tuple[str, ...] = ("access_log", "auth", "model_policy", "rate_limit")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,10 +146,33 @@ class Settings:
     metrics_dir: Path | None = None
     mock: bool = False
     chat: ChatSettings = field(default_factory=ChatSettings)
+    # name -> "provider/model", rewritten on the passthrough (proxy/modelpolicy.py).
+    model_aliases: Mapping[str, str] = field(default_factory=dict)
+    # Realtime sessions (WebSockets, proxy/realtime): the largest message
+    # either way, the silence after which a session is closed, and how often
+    # each side is pinged (so idle sessions survive nginx and NATs).
+    realtime_max_message: int = 16 * 1024 * 1024
+    realtime_idle_timeout: float = 600.0
+    realtime_ping_interval: float = 20.0
+    # Sluice's own TLS (proxy/tls.py): both or neither.
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    # OpenTelemetry traces (the standard OTEL_* variables); None: off.
+    tracing: TracingSettings | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.ssl_certfile is not None
 
     @property
     def auth_enforced(self) -> bool:
-        return self.auth != "off" and self.keys_file is not None
+        return self.auth != "off" and (self.keys_file is not None or self.redis_url is not None)
+
+    @property
+    def keys_in_redis(self) -> bool:
+        """Client keys live in Redis: no keys file, and a Redis to share them through."""
+        return self.auth_enforced and self.keys_file is None
 
 
 T = TypeVar("T")
@@ -285,8 +310,20 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
         ),
         "http": _parse(env, "SLUICE_HTTP", "fast", _choice(*HTTP_MODES)),
         "metrics_dir": _parse(env, "SLUICE_METRICS_DIR", None, Path),
+        "model_aliases": _parse(env, "SLUICE_MODEL_ALIASES", _NO_ALIASES, _aliases),
+        "realtime_max_message": _parse(
+            env, "SLUICE_REALTIME_MAX_MESSAGE", 16 * 1024 * 1024, _int_between(1024, 1 << 30)
+        ),
+        "realtime_idle_timeout": _parse(env, "SLUICE_REALTIME_IDLE_TIMEOUT", 600.0, _positive_float),
+        "realtime_ping_interval": _parse(env, "SLUICE_REALTIME_PING_INTERVAL", 20.0, _positive_float),
+        "ssl_certfile": _parse(env, "SLUICE_SSL_CERTFILE", None, Path),
+        "ssl_keyfile": _parse(env, "SLUICE_SSL_KEYFILE", None, Path),
     }
     values["chat"] = _chat_settings(env)
+    try:
+        values["tracing"] = load_tracing(env)
+    except TracingSettingError as exc:
+        raise ConfigError(exc.setting, exc.problem) from None
     config_file = _parse(env, "SLUICE_CONFIG", None, Path)
     if config_file is not None:
         file_values = _load_config_file(config_file)
@@ -294,6 +331,9 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
             chat: ChatSettings = values["chat"]  # type: ignore[assignment]
             aliases = {**file_values.pop("chat_aliases"), **chat.aliases}
             values["chat"] = dataclasses.replace(chat, aliases=aliases)
+        if "model_aliases" in file_values:  # likewise
+            model_aliases: dict[str, str] = values["model_aliases"]  # type: ignore[assignment]
+            values["model_aliases"] = {**file_values.pop("model_aliases"), **model_aliases}
         if "providers" in file_values:
             values["upstreams"] = _configured_credentials(
                 file_values.pop("providers"),
@@ -304,6 +344,10 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
     values.update({k: v for k, v in overrides.items() if v is not None})
     settings = Settings(**values)  # type: ignore[arg-type]
     _check_exposure(settings)
+    try:
+        check_files(settings.ssl_certfile, settings.ssl_keyfile)
+    except TlsFileError as exc:
+        raise ConfigError(exc.setting, str(exc)) from None
     return settings
 
 
@@ -348,9 +392,15 @@ def _check_aliases(aliases: Mapping[str, object]) -> dict[str, str]:
     return {name: str(target) for name, target in aliases.items()}
 
 
+_NO_ALIASES: dict[str, str] = {}
+
+# A single server, or a Redis Cluster (any one node): see proxy/redisconn.py.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
 def _redis_url(raw: str) -> str:
-    if urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
-        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    if urlsplit(raw).scheme not in REDIS_SCHEMES:
+        raise ValueError("must be a redis://, rediss://, unix:// or redis+cluster:// URL")
     return raw
 
 
@@ -364,8 +414,13 @@ def _load_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError("SLUICE_CONFIG", f"{path} is not valid TOML: {exc}") from None
     middleware = data.get("middleware", {})
     chat = data.get("chat", {})
-    unknown = set(data) - {"middleware", "chat", "providers"} | set(middleware) - {"chain", "options"}
+    models = data.get("models", {})
+    unknown = set(data) - {"middleware", "chat", "models", "providers"} | set(middleware) - {
+        "chain",
+        "options",
+    }
     unknown |= {f"chat.{name}" for name in set(chat) - {"aliases"}} if isinstance(chat, dict) else set()
+    unknown |= {f"models.{name}" for name in set(models) - {"aliases"}} if isinstance(models, dict) else set()
     if unknown:
         raise ConfigError("SLUICE_CONFIG", f"unknown entries in {path}: {', '.join(sorted(unknown))}")
     values: dict[str, Any] = {}
@@ -378,6 +433,13 @@ def _load_config_file(path: Path) -> dict[str, Any]:
             values["chat_aliases"] = _check_aliases(chat["aliases"])
         except ValueError as exc:
             raise ConfigError("SLUICE_CONFIG", f"chat.aliases: {exc}") from None
+    if isinstance(models, dict) and "aliases" in models:
+        if not isinstance(models["aliases"], dict):
+            raise ConfigError("SLUICE_CONFIG", "models.aliases must map a name to a provider/model string")
+        try:
+            values["model_aliases"] = _check_aliases(models["aliases"])
+        except ValueError as exc:
+            raise ConfigError("SLUICE_CONFIG", f"models.aliases: {exc}") from None
     if "chain" in middleware:
         chain = middleware["chain"]
         if not isinstance(chain, list) or not all(isinstance(c, str) and c for c in chain):
@@ -411,11 +473,12 @@ def _configured_credentials(
 def _check_exposure(settings: Settings) -> None:
     # Without client keys, anyone who can reach Sluice spends the provider
     # keys it holds. Listening beyond loopback without them must be a decision.
-    if settings.auth == "on" and settings.keys_file is None:
+    if settings.auth == "on" and not settings.auth_enforced:
         raise ConfigError(
-            "SLUICE_KEYS_FILE", "SLUICE_AUTH=on needs a keys file (create one with `sluice keys create`)"
+            "SLUICE_KEYS_FILE",
+            "SLUICE_AUTH=on needs a keys file or SLUICE_REDIS_URL (create keys with `sluice keys create`)",
         )
-    if not is_loopback(settings.host) and settings.auth == "auto" and settings.keys_file is None:
+    if not is_loopback(settings.host) and settings.auth == "auto" and not settings.auth_enforced:
         raise ConfigError(
             "SLUICE_HOST",
             f"{settings.host!r} is not a loopback address and no client keys are configured; "

@@ -17,6 +17,7 @@ from urllib.parse import unquote
 from .asgi import Scope
 from .headers import request_headers
 from .http import Headers
+from .realtime.routes import no_route_message, query_value, realtime_route
 from .routing import BadPath, Route, guess_provider, resolve, validate_path
 
 Outcome = Literal[
@@ -86,7 +87,8 @@ class RequestContext:
     path_error: tuple[int, str] | None  # (status, message) when the path cannot be served
     # "proxy": a provider API path for the passthrough. "api": Sluice's own API
     # under /api/ (provider and model come from the request body, set there).
-    kind: Literal["proxy", "api"]
+    # "realtime": a WebSocket session (proxy/realtime).
+    kind: Literal["proxy", "api", "realtime"]
     key: object | None  # the authenticated ClientKey (typed loosely to keep this module leaf-level)
     # Headers a layer wants on the response, whoever starts it: the Gate adds
     # them to the response's start. Cheaper than wrapping send (a coroutine
@@ -159,13 +161,18 @@ def new_id() -> str:
 
 
 def new_context(scope: Scope) -> RequestContext:
-    """Build the context for an HTTP request and route it (validation included)."""
+    """Build the context for an HTTP request or a WebSocket and route it (validation included)."""
     headers = request_headers(scope)
     raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+    websocket = scope["type"] == "websocket"
+    if websocket and raw_path.startswith(b"//ws/"):
+        # @google/genai's live client (JavaScript) joins its base URL, which always
+        # ends in "/", and "/ws/…"; Google's servers accept the "//", so must we.
+        raw_path = raw_path[1:]
     client = scope.get("client")
     ctx = RequestContext(
         request_id=_request_id(headers),
-        method=scope["method"],
+        method=scope.get("method", "GET"),  # a WebSocket's scope has none: its handshake is a GET
         # Logged as received (JSON-escaped by the log writer), query excluded, bounded.
         path=raw_path[:512].decode("latin-1"),
         client=client[0] if client else None,
@@ -177,7 +184,7 @@ def new_context(scope: Scope) -> RequestContext:
         ctx.provider = guess_provider(raw_path, headers)
         ctx.path_error = (405, f"Sluice does not forward {ctx.method} requests.")
         return ctx
-    if raw_path.startswith(API_PREFIX):
+    if raw_path.startswith(API_PREFIX) and not websocket:
         ctx.kind = "api"
         return ctx
     try:
@@ -185,6 +192,10 @@ def new_context(scope: Scope) -> RequestContext:
     except BadPath as exc:
         ctx.provider = guess_provider(raw_path, headers)
         ctx.path_error = (400, f"Bad request path: {exc}.")
+        return ctx
+    if websocket:
+        ctx.kind = "realtime"
+        route_session(ctx, scope["query_string"])
         return ctx
     ctx.route = resolve(raw_path, headers, scope["query_string"])
     if ctx.route is None:
@@ -215,10 +226,23 @@ def model_from_path(upstream_path: str) -> str | None:
     return unquote(model) if colon and model and "/" not in model else None
 
 
+def route_session(ctx: RequestContext, query_string: bytes) -> None:
+    """Route a WebSocket (its path already validated): a realtime endpoint, or a 404."""
+    ctx.route = realtime_route(ctx.path)
+    if ctx.route is None:
+        ctx.provider = "openai"
+        ctx.path_error = (404, no_route_message(ctx.path))
+        return
+    ctx.provider = ctx.route.provider
+    if ctx.provider == "openai":
+        ctx.model = query_value(query_string, b"model")
+    # Gemini Live names its model in the first message: proxy/realtime reads it there.
+
+
 def http_context(scope: Scope) -> RequestContext | None:
-    """The context of an HTTP request, made if need be; None for any other scope."""
+    """The context of an HTTP request or a WebSocket, made if need be; None for any other scope."""
     ctx = get_context(scope)
-    if ctx is None and scope["type"] == "http":
+    if ctx is None and (scope["type"] == "http" or scope["type"] == "websocket"):
         ctx = scope["sluice"] = new_context(scope)
     return ctx
 

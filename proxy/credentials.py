@@ -18,6 +18,15 @@ account::
     type = "api_key"
     api_key_env = "GEMINI_API_KEY"      # secrets stay in the environment
 
+and a Google account's OAuth credentials for Code Assist (``cloudcode-pa``),
+the way Gemini's command-line tool reaches Gemini (``proxy/code_assist.py``)::
+
+    [[providers.gemini.credentials]]
+    label = "code-assist"
+    type = "code_assist"
+    oauth_file = "/etc/sluice/oauth_creds.json"  # authorized_user or the CLI's oauth_creds.json
+    # project = "my-project"            # discovered with loadCodeAssist unless given
+
 Labels appear in logs, metrics and ``/readyz``; secrets never do.
 """
 
@@ -30,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-CredentialKind = Literal["api_key", "vertex"]
+CredentialKind = Literal["api_key", "vertex", "code_assist"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9_.:\[\]-]{1,64}$")
 _LOCATION = re.compile(r"^[a-z0-9-]{2,40}$")
@@ -49,6 +58,7 @@ class CredentialSpec:
     project: str | None = None
     location: str | None = None
     endpoint: str | None = None  # Vertex: https://{location}-aiplatform.googleapis.com unless given
+    oauth_file: Path | None = None  # code_assist: the Google account's OAuth credentials
 
 
 def from_env_value(setting: str, raw: str) -> tuple[CredentialSpec, ...]:
@@ -82,7 +92,11 @@ def _entry(provider: str, index: int, entry: dict[str, Any], env: Mapping[str, s
         if provider != "gemini":
             raise CredentialError(f"{where}: type 'vertex' is for the gemini provider only")
         return _vertex(where, label, entry)
-    raise CredentialError(f"{where}: type must be 'api_key' or 'vertex'")
+    if kind == "code_assist":
+        if provider != "gemini":
+            raise CredentialError(f"{where}: type 'code_assist' is for the gemini provider only")
+        return _code_assist(where, label, entry)
+    raise CredentialError(f"{where}: type must be 'api_key', 'vertex' or 'code_assist'")
 
 
 def _api_key(where: str, entry: dict[str, Any], env: Mapping[str, str]) -> str:
@@ -118,6 +132,42 @@ def _vertex(where: str, label: str, entry: dict[str, Any]) -> CredentialSpec:
     if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
         raise CredentialError(f"{where}: endpoint must be an http(s) URL")
     return CredentialSpec(label, "vertex", None, Path(path), project, location, endpoint.rstrip("/"))
+
+
+def _code_assist(where: str, label: str, entry: dict[str, Any]) -> CredentialSpec:
+    path = entry.get("oauth_file")
+    if not isinstance(path, str):
+        raise CredentialError(f"{where}: needs oauth_file (a Google OAuth credentials file)")
+    read_oauth_file(Path(path), where)
+    project = entry.get("project")
+    if project is not None and (not isinstance(project, str) or not project or project.isdigit()):
+        raise CredentialError(f"{where}: project must be a project id (not a project number)")
+    endpoint = entry.get("endpoint", "https://cloudcode-pa.googleapis.com")
+    if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
+        raise CredentialError(f"{where}: endpoint must be an http(s) URL")
+    return CredentialSpec(
+        label, "code_assist", None, None, project, None, endpoint.rstrip("/"), oauth_file=Path(path)
+    )
+
+
+def read_oauth_file(path: Path, where: str) -> dict[str, Any]:
+    """An ``authorized_user`` file, or the command-line tool's ``oauth_creds.json``.
+
+    Both hold a ``refresh_token``; the first also its OAuth client
+    (``client_id``, ``client_secret``), the second relies on the tool's own.
+    Read at start, so a wrong path fails the start, not the first request.
+    """
+    try:
+        info = json.loads(path.read_text())
+    except OSError as exc:
+        raise CredentialError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    except ValueError:
+        raise CredentialError(f"{where}: {path} is not JSON") from None
+    if not isinstance(info, dict) or not isinstance(info.get("refresh_token"), str):
+        raise CredentialError(f"{where}: {path} has no refresh_token (not an OAuth credentials file)")
+    if ("client_id" in info) != ("client_secret" in info):
+        raise CredentialError(f"{where}: {path} has one of client_id and client_secret, not both")
+    return info
 
 
 def read_service_account(path: Path, where: str) -> dict[str, Any]:

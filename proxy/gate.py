@@ -2,6 +2,9 @@
 
 It also adds the layers' ``ctx.response_headers`` to the response's start.
 
+A WebSocket takes ``proxy.realtime.gate`` instead: its context, its
+refusals as closes, its session metrics.
+
 It runs for every HTTP request whatever the configured chain, because the
 request id, the status, the bytes sent and the time to first byte are facts
 every other layer (access log, rate limiter, metrics) builds on.
@@ -16,6 +19,7 @@ from .context import get_or_create_context
 from .forwarded import TrustedProxies
 from .headers import request_headers
 from .metrics import Metrics
+from .realtime.gate import gate_session
 
 
 class Gate:
@@ -26,7 +30,10 @@ class Gate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if scope["type"] == "websocket":  # a realtime session (proxy/realtime)
+                await gate_session(self.app, self.metrics, self.proxies, scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         ctx = get_or_create_context(scope)
         if self.proxies.networks:

@@ -1,35 +1,38 @@
-"""Sluice's own client keys: issued, stored hashed, looked up, revoked.
+"""Sluice's own client keys: their records, and how a running server looks them up.
 
 A key looks like ``sk-sluice-<id>_<secret>``. The id (12 characters) finds
 the record; the whole key is then hashed and compared with the stored hash in
 constant time. Secrets are 256 random bits, so SHA-256 is the right hash: a
 slow password hash protects guessable secrets, and these are not guessable.
 
-The keys file is TOML, written atomically with mode 0600. A running Sluice
+The keys file is TOML (written by :mod:`proxy.keybook`). A running Sluice
 notices changes within a second (it checks the file's modification time at
-most once a second), so a revoked key stops working without a restart.
+most once a second), so a revoked key stops working without a restart. With
+``SLUICE_REDIS_URL`` and no keys file, the same records live in Redis
+(:mod:`proxy.keys_redis`) and reach every instance within a second.
+
+A key's life: it may carry an expiry (``expires``); rotating it gives it a
+new secret and keeps the old one as a *retired* secret until a grace period
+ends; revoking it ends every secret it has. A refused key that was once good
+is told why (expired, rotated out, revoked), since its holder knew the secret.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import hmac
-import os
+import math
 import secrets
 import string
 import time
 import tomllib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Final
-
-import tomli_w
 
 from .config import PROVIDERS
 from .limits import Limits
@@ -45,6 +48,15 @@ class KeyFileError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class RetiredSecret:
+    """A secret replaced by ``sluice keys rotate``, still accepted until ``until``."""
+
+    id: str
+    hash: str
+    until: str
+
+
+@dataclass(frozen=True, slots=True)
 class ClientKey:
     name: str
     id: str
@@ -54,6 +66,12 @@ class ClientKey:
     providers: tuple[str, ...] | None = None  # None: every provider
     models: tuple[str, ...] | None = None  # None: every model; else exact names or globs
     revoked: str | None = None
+    expires: str | None = None  # UTC timestamp after which it is refused
+    retired: tuple[RetiredSecret, ...] = ()  # earlier secrets, each good until its grace ends
+    # Model policy (proxy/modelpolicy.py): "provider/model" names, and a cap.
+    force_model: str | None = None
+    default_model: str | None = None
+    max_output_tokens: int | None = None
 
     def allows_provider(self, provider: str) -> bool:
         return self.providers is None or provider in self.providers
@@ -84,8 +102,67 @@ def key_id_of(presented: str) -> str | None:
 # --- the file -------------------------------------------------------------
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+TIME_FORMAT: Final = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def now_text() -> str:
+    return datetime.now(UTC).strftime(TIME_FORMAT)
+
+
+def timestamp(when: float) -> str:
+    """A Unix time as the keys file writes times (UTC, to the second)."""
+    return datetime.fromtimestamp(when, UTC).strftime(TIME_FORMAT)
+
+
+def epoch(text: str) -> float:
+    """The Unix time of a timestamp the keys file holds (``2027-01-31T00:00:00Z``)."""
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC).timestamp()
+
+
+def _optional_time(entry: dict[str, Any], field: str, name: str) -> str | None:
+    value = entry.get(field)
+    if value is None:
+        return None
+    try:
+        epoch(value)
+    except (TypeError, ValueError):
+        raise KeyFileError(f"key {name!r}: {field} must be a UTC time like 2027-01-31T00:00:00Z") from None
+    return str(value)
+
+
+def check_target(target: str) -> str:
+    """A ``provider/model`` name as keys hold them (force_model, default_model)."""
+    provider, slash, model = target.partition("/")
+    if provider not in PROVIDERS or not slash or not model or any(c.isspace() for c in model):
+        raise KeyFileError(f"{target!r} must be provider/model, e.g. openai/gpt-4o-mini")
+    return target
+
+
+def _optional_target(entry: dict[str, Any], field: str, name: str) -> str | None:
+    value = entry.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise KeyFileError(f"key {name!r}: {field} must be provider/model")
+    try:
+        return check_target(value)
+    except KeyFileError as exc:
+        raise KeyFileError(f"key {name!r}: {field}: {exc}") from None
+
+
+def _retired(entry: dict[str, Any], name: str) -> tuple[RetiredSecret, ...]:
+    value = entry.get("retired", [])
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise KeyFileError(f"key {name!r}: retired must be a list of tables")
+    secrets_ = []
+    for item in value:
+        if not (isinstance(item.get("id"), str) and isinstance(item.get("hash"), str)):
+            raise KeyFileError(f"key {name!r}: a retired secret needs id and hash")
+        until = _optional_time(item, "until", name)
+        if until is None:
+            raise KeyFileError(f"key {name!r}: a retired secret needs until")
+        secrets_.append(RetiredSecret(item["id"], item["hash"], until))
+    return tuple(secrets_)
 
 
 def _optional_int(entry: dict[str, Any], field: str, name: str) -> int | None:
@@ -106,7 +183,7 @@ def _optional_names(entry: dict[str, Any], field: str, name: str) -> tuple[str, 
     return tuple(value)
 
 
-def _parse_entry(name: str, entry: Any) -> ClientKey:
+def parse_entry(name: str, entry: Any) -> ClientKey:
     if not isinstance(entry, dict):
         raise KeyFileError(f"key {name!r} must be a table")
     for field in ("id", "hash", "created"):
@@ -127,6 +204,11 @@ def _parse_entry(name: str, entry: Any) -> ClientKey:
         providers=_optional_names(entry, "providers", name),
         models=_optional_names(entry, "models", name),
         revoked=revoked if isinstance(revoked, str) else None,
+        expires=_optional_time(entry, "expires", name),
+        retired=_retired(entry, name),
+        force_model=_optional_target(entry, "force_model", name),
+        default_model=_optional_target(entry, "default_model", name),
+        max_output_tokens=_optional_int(entry, "max_output_tokens", name),
     )
 
 
@@ -143,10 +225,10 @@ def read_keys(path: Path) -> dict[str, ClientKey]:
     keys = data.get("keys", {})
     if not isinstance(keys, dict):
         raise KeyFileError(f"{path}: [keys] must be a table")
-    return {name: _parse_entry(name, entry) for name, entry in keys.items()}
+    return {name: parse_entry(name, entry) for name, entry in keys.items()}
 
 
-def _entry(key: ClientKey) -> dict[str, Any]:
+def to_entry(key: ClientKey) -> dict[str, Any]:
     entry: dict[str, Any] = {"id": key.id, "hash": key.hash, "created": key.created}
     for field in ("rpm", "tpm", "concurrency"):
         value = getattr(key.limits, field)
@@ -158,94 +240,107 @@ def _entry(key: ClientKey) -> dict[str, Any]:
         entry["models"] = list(key.models)
     if key.revoked is not None:
         entry["revoked"] = key.revoked
+    if key.expires is not None:
+        entry["expires"] = key.expires
+    if key.retired:
+        entry["retired"] = [{"id": r.id, "hash": r.hash, "until": r.until} for r in key.retired]
+    for field in ("force_model", "default_model", "max_output_tokens"):
+        if getattr(key, field) is not None:
+            entry[field] = getattr(key, field)
     return entry
 
 
-_HEADER: Final = "# Sluice client keys, managed with `sluice keys`. Only hashes are stored.\n\n"
-
-
-def write_keys(path: Path, keys: dict[str, ClientKey]) -> None:
-    """Replace the file atomically; readers see the old file or the new one, never half."""
-    body = _HEADER + tomli_w.dumps({"keys": {name: _entry(k) for name, k in keys.items()}})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(body)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def locked(path: Path) -> Iterator[dict[str, ClientKey]]:
-    """Read-modify-write under an exclusive lock, so two `sluice keys` runs cannot lose an update."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        keys = read_keys(path)
-        yield keys
-        write_keys(path, keys)
-
-
-def create_key(
-    path: Path,
-    name: str,
-    limits: Limits,
-    providers: tuple[str, ...] | None = None,
-    models: tuple[str, ...] | None = None,
-) -> str:
-    """Add a key and return its secret, which is shown once and never stored."""
-    if not name or any(c.isspace() or c in "\"'\\" for c in name):
-        raise KeyFileError("a key name must be non-empty, without spaces or quotes")
-    unknown = set(providers or ()) - set(PROVIDERS)
-    if unknown:
-        raise KeyFileError(f"unknown provider(s): {', '.join(sorted(unknown))}")
-    with locked(path) as keys:
-        if name in keys and keys[name].revoked is None:
-            raise KeyFileError(f"a key named {name!r} exists; revoke it first")
-        key_id, secret = new_secret()
-        keys[name] = ClientKey(name, key_id, hash_key(secret), _now(), limits, providers, models)
-    return secret
-
-
-def revoke_key(path: Path, name: str) -> None:
-    with locked(path) as keys:
-        if name not in keys:
-            raise KeyFileError(f"no key named {name!r}")
-        if keys[name].revoked is None:
-            old = keys[name]
-            keys[name] = ClientKey(
-                old.name, old.id, old.hash, old.created, old.limits, old.providers, old.models, _now()
-            )
+def key_status(key: ClientKey, now: float) -> str:
+    """What `sluice keys list` says of a key: active, expired or revoked, and when things end."""
+    if key.revoked is not None:
+        return f"revoked {key.revoked}"
+    status = "active"
+    if key.expires is not None:
+        status = f"expired {key.expires}" if epoch(key.expires) <= now else f"active, expires {key.expires}"
+    graces = [r.until for r in key.retired if epoch(r.until) > now]
+    if graces:
+        status += f", old secret until {max(graces)}"
+    return status
 
 
 # --- lookups in the running server ------------------------------------------
 
 
-class KeyStore:
-    """Active keys by id, reloaded when the file changes."""
+class _Secret:
+    """One secret the store can verify: the key it opens and until when."""
 
-    def __init__(self, path: Path) -> None:
+    __slots__ = ("hash", "key", "until", "why")
+
+    def __init__(self, key: ClientKey, hash_: str, until: float, why: tuple[str, str]) -> None:
+        self.key = key
+        self.hash = hash_
+        self.until = until  # Unix time; inf: no end; -inf: refused outright
+        self.why = why  # (reason, message): the refusal once ``until`` has passed
+
+
+def _secrets(key: ClientKey) -> list[tuple[str, _Secret]]:
+    """The ids under which a key's secrets are found: its current one and its retired ones."""
+    if key.revoked is not None:
+        why = ("revoked", f"This Sluice key was revoked at {key.revoked}.")
+        found = [(key.id, _Secret(key, key.hash, -math.inf, why))]
+        return found + [(r.id, _Secret(key, r.hash, -math.inf, why)) for r in key.retired]
+    expired = ("expired", f"This Sluice key expired at {key.expires}.")
+    key_end = epoch(key.expires) if key.expires else math.inf
+    found = [(key.id, _Secret(key, key.hash, key_end, expired))]
+    for r in key.retired:
+        until = epoch(r.until)
+        rotated = (
+            f"This Sluice key was rotated: its old secret stopped working at {r.until}; use the new one."
+        )
+        why = expired if key_end < until else ("rotated", rotated)
+        found.append((r.id, _Secret(key, r.hash, min(until, key_end), why)))
+    return found
+
+
+UNKNOWN_KEY: Final = ("invalid", "Invalid API key: this Sluice key is unknown or revoked.")
+
+
+class KeyStore:
+    """Keys by the id of each of their secrets, reloaded when the file changes.
+
+    With no ``path`` the records come from elsewhere (Redis, through
+    :meth:`replace`), and nothing is read from disk.
+    """
+
+    def __init__(self, path: Path | None, where: str | None = None) -> None:
         self.path = path
-        self._by_id: dict[str, ClientKey] = {}
-        self._verified: dict[str, ClientKey] = {}  # see lookup
+        self.where = where or f"the keys file {path}"
+        self._by_id: dict[str, _Secret] = {}
+        self._verified: dict[str, _Secret] = {}  # see lookup
         self._mtime: int | None = None
         self._checked = 0.0
-        self.load()
+        self.count = 0  # active keys
+        if path is not None:
+            self.load()
 
     def load(self) -> None:
         """(Re)read the file. Raises :class:`KeyFileError` when it is broken."""
+        assert self.path is not None
         try:
             mtime = self.path.stat().st_mtime_ns
         except FileNotFoundError:
             mtime = None
-        keys = read_keys(self.path)
-        self._by_id = {k.id: k for k in keys.values() if k.revoked is None}
-        self._verified = {}  # a revoked or replaced key is no longer found here
+        self.replace(read_keys(self.path))
         self._mtime = mtime
         self._checked = time.monotonic()
 
+    def replace(self, keys: dict[str, ClientKey]) -> None:
+        """Serve these records from now on; keys verified before are checked again."""
+        by_id: dict[str, _Secret] = {}
+        for key in keys.values():
+            by_id.update(_secrets(key))
+        self._by_id = by_id
+        self._verified = {}  # a revoked or replaced key is no longer found here
+        self.count = sum(1 for k in keys.values() if k.revoked is None)
+
     def _maybe_reload(self) -> None:
+        if self.path is None:
+            return
         now = time.monotonic()
         if now - self._checked < RELOAD_INTERVAL:
             return
@@ -259,22 +354,17 @@ class KeyStore:
             with contextlib.suppress(KeyFileError):
                 self.load()
 
-    @property
-    def count(self) -> int:
-        return len(self._by_id)
-
-    def lookup(self, presented: str) -> ClientKey | None:
-        self._maybe_reload()
+    def _verify(self, presented: str) -> _Secret | None:
         # A key verified once is found by its text: a dict lookup instead of a
         # SHA-256 on every request. Only keys that passed the check below are kept, so there is
-        # at most one entry per active key, and a reload empties it.
+        # at most one entry per secret, and a reload empties it.
         #
         # Timing: the dict compares two texts only when their 64-bit hashes
         # are equal, so a guess reaches a byte comparison with a stored key
         # about once in 2**64 tries: it cannot be learnt a byte at a time.
         # The price: a key in use stays in this process's memory as
         # presented (each request's headers hold it too) until the keys
-        # file changes.
+        # change.
         cached = self._verified.get(presented)
         if cached is not None:
             return cached
@@ -286,3 +376,22 @@ class KeyStore:
             self._verified[presented] = record
             return record
         return None
+
+    def lookup(self, presented: str) -> ClientKey | None:
+        """The key this secret opens, if it is good now."""
+        self._maybe_reload()
+        secret = self._verify(presented)
+        if secret is not None and time.time() < secret.until:
+            return secret.key
+        return None
+
+    def refusal(self, presented: str) -> tuple[str, str]:
+        """Why :meth:`lookup` refused this secret, for its holder (who knew it): (reason, message).
+
+        The reason (``invalid``, ``expired``, ``rotated``, ``revoked``) goes to
+        the access log and metrics; the message to the client.
+        """
+        secret = self._verify(presented)
+        if secret is None or time.time() < secret.until:
+            return UNKNOWN_KEY
+        return secret.why

@@ -289,6 +289,11 @@ class Metrics:
             "Tokens the providers reported, by provider, key and direction.",
             ("provider", "key", "direction"),
         )
+        # Requests per client key: sluice_requests_total has no key label, and
+        # the dashboard shows requests per key. Empty key: no client key known.
+        self.key_requests = Counter(
+            "sluice_key_requests_total", "Requests by client key name and outcome.", ("key", "outcome")
+        )
         self.upstream_errors = Counter(
             "sluice_upstream_errors_total", "Upstream failures, by provider and kind.", ("provider", "kind")
         )
@@ -306,10 +311,21 @@ class Metrics:
         self.limiter_errors = Counter(
             "sluice_limiter_errors_total", "Rate-limit backend failures, by the policy applied.", ("policy",)
         )
-        self.key_requests = Counter(
-            "sluice_key_requests_total",
-            'Requests by provider and client key name ("" without client keys).',
-            ("provider", "key"),
+        # Realtime sessions (WebSockets, proxy/realtime): counted apart from
+        # requests, so a session of minutes does not skew request latency.
+        self.sessions_open = Gauge("sluice_realtime_sessions", "Realtime sessions open.", ("provider",))
+        self.sessions = Counter(
+            "sluice_realtime_sessions_total",
+            "Realtime sessions ended, by provider, outcome and close code.",
+            ("provider", "outcome", "close_code"),
+        )
+        self.session_messages = Counter(
+            "sluice_realtime_messages_total",
+            "Realtime messages relayed, by provider and direction (in: client to upstream).",
+            ("provider", "direction"),
+        )
+        self.session_bytes = Counter(
+            "sluice_realtime_bytes_total", "Realtime message bytes relayed.", ("provider", "direction")
         )
         self.credential_cooldown = Gauge(
             "sluice_credential_cooldown_until_seconds",
@@ -325,7 +341,9 @@ class Metrics:
         self._all = (
             self.requests, self.in_flight, self.ttfb, self.duration, self.tokens,
             self.upstream_errors, self.rate_limited, self.auth_rejections, self.limiter_errors,
-            self.failovers, self.key_requests, self.credential_cooldown, self.ready,
+            self.failovers, self.key_requests,
+            self.sessions_open, self.sessions, self.session_messages, self.session_bytes,
+            self.credential_cooldown, self.ready,
         )  # fmt: skip
         self.shared_dir = shared_dir
         if shared_dir is not None:
@@ -350,12 +368,36 @@ class Metrics:
         by_provider = (provider,)
         self.in_flight.dec((in_flight_label,))
         self.requests.inc((provider, str(ctx.status or 0), ctx.outcome))
-        self.key_requests.inc((provider, ctx.key_name or ""))
+        self.key_requests.inc((ctx.key_name or "", ctx.outcome))
         self.duration.observe(now - ctx.started, by_provider)
         if ctx.ttfb is not None:
             self.ttfb.observe(ctx.ttfb, by_provider)
         if ctx.outcome == "upstream_error":
             self.upstream_errors.inc((provider, ctx.detail or "unknown"))
+        if ctx.usage is not None:
+            self.count_tokens(provider, ctx.key_name or "", ctx.usage)
+
+    def session_started(self, provider: str) -> None:
+        self.sessions_open.inc((provider,))
+
+    def session_ended(
+        self,
+        ctx: RequestContext,
+        frames_in: int,
+        frames_out: int,
+        close_code: int | None,
+        started_label: str,
+    ) -> None:
+        """A realtime session's end: its count, messages, bytes and tokens."""
+        provider = ctx.provider or "none"
+        self.sessions_open.dec((started_label,))
+        self.sessions.inc((provider, ctx.outcome, str(close_code or 0)))
+        if frames_in:
+            self.session_messages.inc((provider, "in"), frames_in)
+            self.session_bytes.inc((provider, "in"), ctx.bytes_in)
+        if frames_out:
+            self.session_messages.inc((provider, "out"), frames_out)
+            self.session_bytes.inc((provider, "out"), ctx.bytes_out)
         if ctx.usage is not None:
             self.count_tokens(provider, ctx.key_name or "", ctx.usage)
 

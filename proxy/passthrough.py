@@ -27,14 +27,16 @@ from typing import Final, Literal
 
 from .asgi import Message, Receive, Scope, Send
 from .body import RequestBody
+from .code_assist import Envelope, EnvelopeError, wrap_body
 from .config import Settings, Upstream
 from .context import NO_ROUTE_MESSAGE, RequestContext, get_or_create_context
 from .disconnect import DisconnectWatch
 from .drain import Drain
+from .envelope import MAX_WRAPPED, UnwrappedBody
 from .errors import send_error, upstream_failure
 from .headers import client_response_headers, request_headers, upstream_request_headers
 from .http import Body, Client, ConnectFailed, Headers, Response, UpstreamError
-from .pool import CredentialPool
+from .pool import Credential, CredentialPool
 from .pump import Heartbeat, StreamTimeout, pump
 from .routing import Route
 from .usage import UsageTap
@@ -67,7 +69,8 @@ class Passthrough:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            # Provider APIs are plain HTTP; refuse anything else up front.
+            # WebSockets are realtime sessions, which Dispatch sends to
+            # proxy/realtime; one that reaches here anyway is refused.
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
             return
@@ -102,8 +105,16 @@ class Passthrough:
             self.drain.in_flight.discard(exchange)
 
 
+# What a refusal that is not an HTTP status means, in the client's error.
+_REFUSALS = {
+    "token": "could not obtain an access token",
+    "project": "no Code Assist project",
+    "connect": "could not connect",
+}
+
+
 class _Refused(Exception):
-    """Every credential tried was refused; ``reason`` is the last status or "token"."""
+    """Every credential tried was refused; ``reason`` is the last status or a word (``_REFUSALS``)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -125,6 +136,7 @@ class _Exchange:
 
     __slots__ = (
         "ctx",
+        "envelope",
         "loop",
         "owner",
         "phase",
@@ -160,6 +172,7 @@ class _Exchange:
         self.watch: DisconnectWatch | None = None
         self.stop: StopReason | None = None
         self.phase: Phase = "request"
+        self.envelope: Envelope | None = None  # the answer comes from Code Assist: unwrap it
 
     async def run(self) -> None:
         try:
@@ -307,8 +320,7 @@ class _Exchange:
         candidates = pool.candidates(self.route, self.scope["query_string"])
         if not candidates:
             self.ctx.outcome, self.ctx.detail = "bad_request", "no_credential_for_path"
-            message = f"No configured {self.route.provider} credential can serve this path."
-            await self._answer_error(400, message)
+            await self._answer_error(400, pool.unserved_reason(self.route))
             return None
         client, settings = self.owner.client, self.owner.settings
         method: str = self.scope["method"]
@@ -318,18 +330,31 @@ class _Exchange:
             last = index == len(candidates) - 1
             try:
                 auth = await cred.auth_header()
-            except TokenError:
-                pool.refused(cred, "token")
+            except TokenError as exc:
+                pool.refused(cred, exc.reason)
                 if last:
-                    raise _Refused("token") from None
+                    raise _Refused(exc.reason) from None
                 index += 1
                 continue
+            envelope = destination.envelope
+            sent, sent_length, sent_headers = data, length, headers
+            if envelope is not None:
+                try:
+                    sent, sent_length, sent_headers = self._enveloped(cred, envelope, headers, data, length)
+                except EnvelopeError as exc:
+                    self.ctx.outcome, self.ctx.detail = "bad_request", "code_assist_body"
+                    await self._answer_error(400, f"{exc}.")
+                    return None
             try:
                 response = await client.request(
-                    destination.origin, method, destination.target, [*headers, auth], data, length
+                    destination.origin, method, destination.target, [*sent_headers, auth], sent, sent_length
                 )
             except ConnectFailed:
                 # The request never reached the upstream: safe to send again.
+                if envelope is not None and replayable and not last:
+                    pool.refused(cred, "connect")  # Code Assist unreachable: on to the next, stickily
+                    index += 1
+                    continue
                 connect_failures += 1
                 if not replayable or connect_failures > settings.connect_retries:
                     raise
@@ -346,7 +371,19 @@ class _Exchange:
                     raise _Refused(str(response.status))
                 # A 429 with nowhere else to go reaches the client, retry-after intact.
             self.ctx.credential = cred.label
+            self.envelope = envelope
             return response
+
+    def _enveloped(
+        self, cred: Credential, envelope: Envelope, headers: Headers, data: Body, length: int | None
+    ) -> tuple[Body, int | None, Headers]:
+        """The request as Code Assist takes it: the body wrapped, the answer uncompressed."""
+        project = cred.code_assist.project if cred.code_assist is not None else None
+        body, size = wrap_body(envelope, project or "", data, length)
+        # The answer is rewritten on its way back, so it must come uncompressed.
+        plain = [(n, v) for n, v in headers if n != b"accept-encoding"]
+        plain.append((b"accept-encoding", b"identity"))
+        return body, size, plain
 
     async def _failed_before_response(self, exc: BaseException) -> None:
         status, message, kind = upstream_failure(exc, self.route.provider)
@@ -363,6 +400,12 @@ class _Exchange:
     async def _relay(self, response: Response) -> None:
         headers, is_sse = client_response_headers(response.headers)
         headers = self._note_request_id(headers)
+        body: Response | UnwrappedBody = response
+        envelope = self.envelope
+        if envelope is not None and envelope.unwrap != "none" and 200 <= response.status < 300:
+            # Code Assist's answer, unwrapped as it streams: its length changes.
+            body = UnwrappedBody(response, is_sse, MAX_WRAPPED)
+            headers = [(n, v) for n, v in headers if n != b"content-length"]
         tap = UsageTap(
             self.route.provider,
             response.header(b"content-type") or b"",
@@ -382,7 +425,7 @@ class _Exchange:
         tail = b""
         try:
             tail = await pump(
-                response,
+                body,
                 self.send,
                 tap,
                 idle=settings.read_timeout,
@@ -443,7 +486,7 @@ class _Exchange:
             reason,
             self.upstream.key_setting,
         )
-        detail = "could not obtain an access token" if reason == "token" else f"HTTP {reason}"
+        detail = _REFUSALS.get(reason, f"HTTP {reason}")
         await self._answer_error(
             502, f"The {self.route.provider} upstream refused Sluice's credentials ({detail})."
         )

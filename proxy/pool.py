@@ -6,7 +6,11 @@
   pool stays on the next one (sticky), and only after the cool-down is the
   refused one tried again. An operator can reset it sooner. So a revoked key
   costs one extra upstream call per cool-down, and the pool never flaps.
-* A 429 *cools* a credential for its ``retry-after`` (default 30 s).
+* A 429 *cools* a credential for its ``retry-after`` (default 30 s); but a
+  Code Assist credential's 429 (the account's quota), like its connect
+  failures, fails it for the cool-down (docs/code-assist.md).
+* The warning and the metric come once per failover, however many requests
+  in flight learn of it together.
 * When every credential is failed or cooling, the one that becomes available
   first is tried, so stale state never refuses traffic on its own.
 
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
+from .code_assist import CodeAssistAuth, Envelope, code_assist_call, unserved_reason
 from .config import Upstream
 from .credentials import CredentialSpec
 from .http import Origin, Response
@@ -43,10 +48,12 @@ class Destination:
 
     origin: Origin
     target: bytes  # path and query, as written on the request line
+    envelope: Envelope | None  # Code Assist: the body is wrapped, the answer unwrapped
 
-    def __init__(self, origin: Origin, target: bytes) -> None:
+    def __init__(self, origin: Origin, target: bytes, envelope: Envelope | None = None) -> None:
         self.origin = origin
         self.target = target
+        self.envelope = envelope
 
 
 def _split_base(base_url: str) -> tuple[Origin, bytes]:
@@ -64,10 +71,11 @@ class Credential:
         self.spec = spec
         self.label = spec.label
         self.token = VertexToken(spec) if spec.kind == "vertex" else None
+        self.code_assist = CodeAssistAuth(spec) if spec.kind == "code_assist" else None
         self.state: State = "ok"
         self.until = 0.0  # monotonic time the current state ends
         self.reason = ""
-        base = spec.endpoint if spec.kind == "vertex" and spec.endpoint else upstream.base_url
+        base = spec.endpoint if spec.kind != "api_key" and spec.endpoint else upstream.base_url
         self.origin, self.prefix = _split_base(base)
         self._key_header = self._api_key_header()
 
@@ -85,6 +93,11 @@ class Credential:
         The origin comes from configuration and the path was validated, so
         the client's bytes are kept without being able to move the origin.
         """
+        if self.code_assist is not None:
+            call = code_assist_call(route.upstream_path, query_string)
+            if call is None:
+                return None
+            return Destination(self.origin, self.prefix + call[0].encode("latin-1"), call[1])
         if self.spec.kind == "vertex":
             path = vertex_path(self.spec, route.upstream_path)
         else:
@@ -98,6 +111,9 @@ class Credential:
     async def auth_header(self) -> tuple[bytes, bytes]:
         if self.token is not None:
             token = await self.token.token()
+            return b"authorization", b"Bearer " + token.encode("latin-1")
+        if self.code_assist is not None:
+            token = await self.code_assist.token()
             return b"authorization", b"Bearer " + token.encode("latin-1")
         return self._key_header
 
@@ -151,7 +167,21 @@ class CredentialPool:
         self.metrics.failovers.inc((self.provider, cred.label, reason))
         self.metrics.credential_cooldown.set((self.provider, cred.label), time.time() + seconds)
 
+    def unserved_reason(self, route: Route) -> str:
+        """Why no credential of the pool can serve ``route`` (for the client's error)."""
+        message = f"No configured {self.provider} credential can serve this path."
+        if any(c.code_assist is not None for c in self.credentials):
+            message += f" {unserved_reason(route.upstream_path)}."
+        return message
+
     def refused(self, cred: Credential, reason: str) -> None:
+        if reason == "401" and cred.code_assist is not None:
+            cred.code_assist.invalidate()  # a revoked access token: get a new one next time
+        if cred.state == "failed":
+            # Known already (requests in flight together learnt it together):
+            # the sticky period restarts, but the warning and metric were given.
+            cred.until, cred.reason = self.clock() + self.cooldown, reason
+            return
         self._set(cred, "failed", self.cooldown, reason)
         logger.warning(
             "%s credential %r failed (%s): using the next one for %gs",
@@ -180,7 +210,12 @@ class CredentialPool:
             self.refused(cred, str(status))
             return True
         if status == 429:
-            self.throttled(cred, response.header(b"retry-after"))
+            if cred.code_assist is not None:
+                # Code Assist's quota is the account's (per day, not per minute):
+                # stay on the next credential for the sticky period.
+                self.refused(cred, "429")
+            else:
+                self.throttled(cred, response.header(b"retry-after"))
             return True
         return False
 

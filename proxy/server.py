@@ -21,7 +21,9 @@ from uvicorn.supervisors import Multiprocess
 from .app import create_app
 from .config import ConfigError, Settings
 from .dispatch import SluiceApp
-from .http import server_options
+from .http import server_options, websocket_options
+from .redact import redacting
+from .tls import uvicorn_options as tls_options
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -36,10 +38,17 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def logging_config(level: str) -> dict[str, Any]:
-    """uvicorn's logging set-up, plus Sluice's own loggers on the same handler."""
+    """uvicorn's logging set-up, plus Sluice's own loggers on the same handler.
+
+    Every handler redacts credentials (proxy/redact.py). Other libraries'
+    warnings (asyncio, aiohttp, websockets) go to the same handler through the
+    root logger, instead of Python's last-resort handler, which would print
+    them unredacted.
+    """
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
     config["loggers"]["sluice"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
-    return config
+    config["root"] = {"handlers": ["default"], "level": "WARNING"}
+    return redacting(config)
 
 
 def raise_open_files_limit(wanted: int) -> None:
@@ -79,6 +88,8 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         factory=True,
         # The server protocol, the event loop and the logging set-up.
         **server_options(settings.http, logging_config(settings.log_level)),
+        # Realtime sessions: the message size limit, keepalive pings (proxy/realtime).
+        **websocket_options(settings.realtime_max_message, settings.realtime_ping_interval),
         lifespan="on",
         workers=settings.workers,
         # uvicorn's access log prints query strings, and Gemini clients may put
@@ -95,6 +106,7 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
         # Sluice's drain aborts what is left at SLUICE_DRAIN_TIMEOUT; this is
         # uvicorn's own backstop, in case anything outlives that.
         timeout_graceful_shutdown=math.ceil(settings.drain_timeout) + 10,
+        **tls_options(settings.ssl_certfile, settings.ssl_keyfile),
     )
 
 
@@ -133,7 +145,7 @@ def serve(settings: Settings, on_listening: Callable[[str], None]) -> None:
         host, port = sock.getsockname()[:2]
         shown_host = f"[{host}]" if ":" in host else host
         config = uvicorn_config(settings)
-        on_listening(f"http://{shown_host}:{port}")
+        on_listening(f"{'https' if settings.tls else 'http'}://{shown_host}:{port}")
         if settings.workers > 1:
             Multiprocess(config, sockets=[sock]).run()
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .accesslog import LogWriter
 from .config import Settings
@@ -16,7 +17,19 @@ from .limits.memory import MemoryLimiter
 from .metrics import Metrics
 from .pool import CredentialPool
 
+if TYPE_CHECKING:
+    from .keys_redis import RedisKeyFeed
+    from .tracing.worker import Tracing  # imported only when tracing is on: it brings in OpenTelemetry
+
 logger = logging.getLogger("sluice")
+
+
+def _key_store(settings: Settings) -> KeyStore | None:
+    if not settings.auth_enforced:
+        return None
+    if settings.keys_file is not None:
+        return KeyStore(settings.keys_file)
+    return KeyStore(None, where="Redis (SLUICE_REDIS_URL)")
 
 
 @dataclass
@@ -29,6 +42,8 @@ class Services:
     access_log: LogWriter
     drain: Drain
     pools: Mapping[str, CredentialPool]
+    key_feed: RedisKeyFeed | None = None  # keeps `keys` in step with Redis, when keys live there
+    tracing: Tracing | None = None  # OTEL_*: its layer goes in the chain, its wrapper around `upstream`
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -44,20 +59,36 @@ class Services:
             name: CredentialPool(upstream, settings.failover_cooldown, metrics)
             for name, upstream in settings.upstreams.items()
         }
+        upstream = new_client(settings.http, settings.connect_timeout)
+        tracing = None
+        if settings.tracing is not None:
+            from .tracing.worker import Tracing
+
+            tracing = Tracing(settings)
+            upstream = tracing.client(upstream)
         return cls(
             settings=settings,
-            upstream=new_client(settings.http, settings.connect_timeout),
+            upstream=upstream,
             metrics=metrics,
-            keys=KeyStore(settings.keys_file) if settings.auth_enforced and settings.keys_file else None,
+            keys=_key_store(settings),
             limiter=limiter,
             access_log=LogWriter(settings.access_log, settings.access_log_flush),
             drain=Drain(settings.drain_timeout),
             pools=pools,
+            tracing=tracing,
         )
 
     async def start(self) -> None:
         await self.upstream.open()
         self.drain.install()
+        if self.settings.keys_in_redis and self.keys is not None:
+            from .keys_redis import RedisKeyFeed
+
+            assert self.settings.redis_url is not None
+            self.key_feed = RedisKeyFeed(self.settings.redis_url, self.keys)
+            await self.key_feed.start()
+        if self.tracing is not None:
+            self.tracing.started()
 
         if self.keys is None:
             if self.settings.auth == "off":
@@ -68,12 +99,16 @@ class Services:
             else:
                 logger.info("no SLUICE_KEYS_FILE: client authentication is off, serving loopback only")
         elif self.keys.count == 0:
-            logger.warning("the keys file %s holds no active key: every request will get 401", self.keys.path)
+            logger.warning("%s holds no active key: every request will get 401", self.keys.where)
 
     async def stop(self) -> None:
+        if self.key_feed is not None:
+            await self.key_feed.close()
         await self.upstream.close()
         await self.limiter.close()
         self.access_log.close()
+        if self.tracing is not None:
+            await self.tracing.shutdown()  # after the upstream: its last client spans have ended
 
     async def ready(self) -> tuple[bool, dict[str, str]]:
         if self.drain.draining:

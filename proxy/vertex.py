@@ -75,7 +75,12 @@ def vertex_path(spec: CredentialSpec, upstream_path: str) -> str | None:
 
 
 class TokenError(Exception):
-    """The token endpoint refused or could not be reached."""
+    """The token endpoint refused or could not be reached (or, for Code Assist, the project
+    could not be had); ``reason`` says which in a word, for logs and metrics."""
+
+    def __init__(self, message: str, reason: str = "token") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class VertexToken:

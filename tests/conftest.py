@@ -27,6 +27,7 @@ import pytest
 
 from proxy.http import HTTP_MODES
 from proxy.mock import MockHandle, start_mock_in_thread
+from tests.redis_cluster import RedisCluster, redis_cluster_session
 from tests.redis_server import RedisServer, redis_server_session
 
 # Recognisable server-held keys: no response, header or log line may ever
@@ -84,7 +85,7 @@ def start_sluice(log_path: Path, env: dict[str, str], *args: str, timeout: float
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = log_path.read_text(errors="replace")
-        found = re.search(r"Sluice listening on (http://\S+)", text)
+        found = re.search(r"Sluice listening on (https?://\S+)", text)
         if found and "Application startup complete" in text:
             return SluiceProcess(found.group(1), log_path, proc)
         if proc.poll() is not None:
@@ -106,6 +107,12 @@ BOTH_MODES = frozenset(
         "test_failover",
         "test_security",
         "test_chat_api",
+        "test_realtime",
+        "test_realtime_sdk",
+        "test_tls",
+        "test_redaction",
+        "test_code_assist",
+        "test_tracing",
     }
 )
 
@@ -190,3 +197,9 @@ def assert_no_canary(*texts: str | bytes) -> None:
         blob = text if isinstance(text, str) else text.decode("latin-1")
         for canary in CANARIES:
             assert canary not in blob, "a server-held key leaked"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A real three-master Redis Cluster on loopback (tests/redis_cluster.py)."""
+    yield from redis_cluster_session(tmp_path_factory)

@@ -81,10 +81,13 @@ def _answers_ping(port: int) -> bool:
         return False
 
 
-def start_redis(tmp_path: Path, port: int | None = None, timeout: float = 10.0) -> RedisServer:
+def start_redis(
+    tmp_path: Path, port: int | None = None, timeout: float = 10.0, extra: tuple[str, ...] = ()
+) -> RedisServer:
     """Start ``redis-server`` on ``port`` (a free one if None); return once it answers PING.
 
     Pass the port of a stopped server to restart "the same" Redis, empty.
+    ``extra`` arguments go to redis-server after Sluice's own.
     """
     binary = _redis_binary()
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -94,7 +97,7 @@ def start_redis(tmp_path: Path, port: int | None = None, timeout: float = 10.0) 
         chosen = port if port is not None else _free_port()
         log = (tmp_path / "redis.log").open("ab")
         args = ["--port", str(chosen), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        args += ["--daemonize", "no", "--dir", str(tmp_path), "--protected-mode", "yes"]
+        args += ["--daemonize", "no", "--dir", str(tmp_path), "--protected-mode", "yes", *extra]
         proc = subprocess.Popen(
             [binary, *args],
             stdout=log,

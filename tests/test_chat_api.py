@@ -16,7 +16,7 @@ from proxy.chat.events import ChatEvent
 from proxy.chat.request import BadChatRequest, from_json, from_query
 from proxy.chat.store import EventsExpired, GenerationMeta, MemoryStore
 from proxy.config import ConfigError, load_settings
-from proxy.keys import create_key
+from proxy.keybook import create_key
 from proxy.limits import Limits
 from proxy.mock import MockHandle
 from tests.accesslog import read_lines
@@ -310,8 +310,10 @@ class Pair:
 
 @pytest.fixture(scope="module")
 def pair(mock: MockHandle, sluice_factory: SluiceFactory, redis_server: RedisServer) -> Pair:
+    # No client keys here (with Redis and no keys file they would live in
+    # Redis, and these tests are about the shared event store).
     env = {**upstream_env(mock), "SLUICE_REDIS_URL": redis_server.url, "SLUICE_CHAT_GRACE": "2"}
-    return Pair(sluice_factory(**env), sluice_factory(**env))
+    return Pair(sluice_factory(**env, SLUICE_AUTH="off"), sluice_factory(**env, SLUICE_AUTH="off"))
 
 
 async def test_resume_on_another_instance(pair: Pair, mock: MockHandle) -> None:

@@ -28,13 +28,14 @@ from google import genai
 from google.genai import types as genai_types
 
 from proxy.config import load_settings
-from proxy.keys import create_key
+from proxy.keybook import create_key
 from proxy.limits import Limits
 from proxy.mock import MockHandle, mock_tokens
 from tests.accesslog import read_lines, wait_for_count, wait_for_line
 from tests.conftest import SluiceFactory, SluiceProcess, upstream_env
 from tests.nginx_server import NginxServer, free_port, start_nginx
 from tests.redis_server import RedisServer
+from tests.ws_handshake import handshake
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -305,3 +306,45 @@ def test_concurrent_streams_through_nginx_keep_their_own_bytes(
         await asyncio.gather(*(one(i) for i in range(20)))
 
     asyncio.run(all_of_them())
+
+
+async def test_a_websocket_handshake_through_nginx_reaches_sluice(deployment: Deployment) -> None:
+    """The realtime APIs' WebSocket upgrade passes nginx: what comes back is Sluice's answer, not nginx's."""
+    wss = deployment.tls_url.replace("https://", "wss://")
+    key = deployment.secrets["app"]
+    got = await handshake(
+        f"{wss}/v1/realtime?model=through-nginx",
+        tls=deployment.tls,
+        headers={"authorization": f"Bearer {key}"},
+    )
+    # Sluice accepts the session (the mock speaks OpenAI Realtime): a 101 with
+    # Sluice's own headers (its rate-limit headers), not an answer of nginx's.
+    assert got.outcome == "open" and got.status == 101, got
+    assert got.headers.get("ratelimit-limit") == "10000", got
+    # Sluice's WebSocket protocol saw the handshake: nginx passed the upgrade on.
+    deadline = time.monotonic() + 10
+    while not any('"WebSocket /v1/realtime?model=through-nginx"' in s.log() for s in deployment.sluices):
+        assert time.monotonic() < deadline, "the handshake never reached Sluice as a WebSocket"
+        await asyncio.sleep(0.05)
+
+
+def _connections_to(port: int) -> set[tuple[str, str]]:
+    """The TCP connections (either end on ``port``, listeners aside) in /proc/net/tcp, as address pairs."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, remote, state = line.split()[1:4]
+        if state != "0A" and f":{port:04X}" in (local[-5:], remote[-5:]):  # 0A: LISTEN
+            found.add((local, remote))
+    return found
+
+
+def test_plain_http_through_nginx_keeps_its_upstream_connection_alive(deployment: Deployment) -> None:
+    """The WebSocket headers must not cost plain HTTP its keep-alive to Sluice (TIME_WAIT stays listed)."""
+    port = int(deployment.sluices[0].url.rsplit(":", 1)[1])
+    before = _connections_to(port)
+    headers = {"authorization": f"Bearer {deployment.secrets['app']}"}
+    for _ in range(20):  # a new client connection each time: only nginx's side can reuse
+        with httpx.Client(base_url=deployment.tls_url, verify=deployment.tls) as client:
+            assert client.post("/v1/chat/completions", json={}, headers=headers).status_code == 200
+    new = _connections_to(port) - before
+    assert len(new) <= 4, f"{len(new)} new nginx-to-Sluice connections for 20 requests: no keep-alive"

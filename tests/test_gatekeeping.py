@@ -17,7 +17,7 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types as genai_types
 
-from proxy.keys import create_key, revoke_key
+from proxy.keybook import create_key, revoke_key
 from proxy.limits import Limits
 from proxy.mock import MockHandle, mock_tokens
 from tests.accesslog import wait_for_line

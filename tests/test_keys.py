@@ -9,8 +9,19 @@ from pathlib import Path
 
 import pytest
 
+from proxy import keybook
 from proxy import keys as keys_module
-from proxy.keys import KeyFileError, KeyStore, create_key, hash_key, key_id_of, read_keys, revoke_key
+from proxy.keybook import create_key, parse_duration, parse_expiry, revoke_key, rotate_key
+from proxy.keys import (
+    ClientKey,
+    KeyFileError,
+    KeyStore,
+    hash_key,
+    key_id_of,
+    key_status,
+    read_keys,
+    timestamp,
+)
 from proxy.limits import Limits
 from tests.conftest import SluiceFactory, clean_env
 
@@ -81,7 +92,7 @@ def test_a_key_verified_before_is_forgotten_when_revoked_or_changed(
     store = KeyStore(path)
     assert store.lookup(alice) is store.lookup(alice) is not None  # the second from the cache
     assert store.lookup(alice[:-1] + ("A" if alice[-1] != "A" else "B")) is None
-    with keys_module.locked(path) as keys:
+    with keybook.locked(path) as keys:
         keys["alice"] = dataclasses.replace(keys["alice"], limits=Limits(rpm=7))
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
     found = store.lookup(alice)
@@ -133,3 +144,65 @@ def test_auth_on_without_keys_file_refuses_to_start() -> None:
         capture_output=True, text=True, env=clean_env(SLUICE_AUTH="on"), timeout=30,
     )  # fmt: skip
     assert refused.returncode == 2 and "SLUICE_KEYS_FILE" in refused.stderr
+
+
+# --- expiry and rotation --------------------------------------------------------
+
+
+def test_durations_and_expiry_dates_parse() -> None:
+    assert parse_duration("90s") == 90 and parse_duration("2w") == 14 * 86400
+    assert parse_expiry("30d", now=0) == "1970-01-31T00:00:00Z"
+    assert parse_expiry("2027-01-31") == "2027-01-31T00:00:00Z"
+    assert parse_expiry("2027-01-31T12:30:00Z") == "2027-01-31T12:30:00Z"
+    for bad in ("soon", "30 days", "-1d", "2027-13-01"):
+        with pytest.raises(ValueError, match=r"duration|date"):
+            parse_expiry(bad)
+
+
+def test_an_expired_key_is_refused_and_told_why(tmp_path: Path) -> None:
+    path = tmp_path / "keys.toml"
+    past = create_key(path, "old", Limits(), expires=timestamp(time.time() - 1))
+    future = create_key(path, "new", Limits(), expires=timestamp(time.time() + 3600))
+    store = KeyStore(path)
+    assert store.lookup(past) is None
+    reason, message = store.refusal(past)
+    assert reason == "expired" and "expired at" in message
+    assert store.lookup(future) is not None
+    assert store.refusal("sk-sluice-nothing_here")[0] == "invalid"
+
+
+def test_rotation_keeps_the_old_secret_for_its_grace_only(tmp_path: Path) -> None:
+    path = tmp_path / "keys.toml"
+    first = create_key(path, "app", Limits(rpm=9), ("openai",))
+    second = rotate_key(path, "app", grace=3600)
+    third = rotate_key(path, "app", grace=0)  # the second ends at once; the first keeps its grace
+    store = KeyStore(path)
+    found = [store.lookup(s) for s in (first, second, third)]
+    assert [k.name if k else None for k in found] == ["app", None, "app"]
+    assert all(isinstance(k, ClientKey) and k.limits.rpm == 9 for k in found if k)
+    assert store.refusal(second)[0] == "invalid"  # never retired: simply gone
+    assert found[2] is not None and "old secret until" in key_status(found[2], time.time())
+
+
+def test_a_retired_secret_stops_at_its_grace_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "keys.toml"
+    old = create_key(path, "app", Limits())
+    rotate_key(path, "app", grace=60)
+    store = KeyStore(path)
+    assert store.lookup(old) is not None
+    assert store.lookup(old) is not None  # from the verified cache, still timed
+    later = time.time() + 61
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert store.lookup(old) is None
+    reason, message = store.refusal(old)
+    assert reason == "rotated" and "use the new one" in message
+
+
+def test_revoking_ends_retired_secrets_too(tmp_path: Path) -> None:
+    path = tmp_path / "keys.toml"
+    old = create_key(path, "app", Limits())
+    new = rotate_key(path, "app", grace=3600)
+    revoke_key(path, "app")
+    store = KeyStore(path)
+    assert store.lookup(old) is None and store.lookup(new) is None
+    assert store.refusal(old)[0] == store.refusal(new)[0] == "revoked"

@@ -115,7 +115,7 @@ def test_every_metric_named_is_exported(scrape: str, source: str) -> None:
 
 
 def test_the_scrape_has_the_labelled_series_the_panels_group_by(scrape: str) -> None:
-    assert 'sluice_key_requests_total{provider="openai",key="team"}' in scrape
+    assert 'sluice_key_requests_total{key="team",outcome="ok"} 1' in scrape
     assert 'sluice_rate_limited_total{key="slow",limit="rpm"} 1' in scrape
     failover = 'sluice_credential_failovers_total{provider="openai",label="OPENAI_API_KEY[1]",reason="401"}'
     assert f"{failover} 1" in scrape

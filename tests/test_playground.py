@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from proxy.keys import create_key
+from proxy.keybook import create_key
 from proxy.limits import Limits
 from proxy.mock import MockHandle
 from tests.conftest import ROOT, SluiceFactory, SluiceProcess, upstream_env

@@ -8,10 +8,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from proxy.keys import create_key
+from proxy.keybook import create_key
 from proxy.limits import Limits
 from proxy.mock import MockHandle
 from tests.conftest import SluiceFactory, SluiceProcess, upstream_env
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import start_redis
 
 pytestmark = pytest.mark.timeout(60)
@@ -58,6 +59,18 @@ async def test_two_instances_enforce_one_requests_per_minute_limit(
         assert len(mock.state.records) == 5
     finally:
         redis.stop()
+
+
+async def test_two_instances_share_one_limit_through_a_redis_cluster(
+    tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory, redis_cluster: RedisCluster
+) -> None:
+    redis_cluster.flush()  # other tests' counts for a key of the same name
+    a, b, secret = _pair(tmp_path, mock, sluice_factory, redis_cluster.url, Limits(rpm=5, concurrency=3))
+    async with httpx.AsyncClient(timeout=10) as client:
+        statuses = [await _post(client, (a, b)[i % 2].url, secret) for i in range(9)]
+    assert statuses.count(200) == 5, statuses
+    assert statuses.count(429) == 4
+    assert len(mock.state.records) == 5
 
 
 async def test_two_instances_share_one_concurrency_limit_and_release_it(

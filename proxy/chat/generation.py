@@ -24,10 +24,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
+from ..code_assist import wrap_body
 from ..config import Settings
 from ..context import Usage
+from ..envelope import MAX_WRAPPED, UnwrappedBody
 from ..errors import upstream_failure
-from ..http import Client, Response, UpstreamError
+from ..http import Body, Client, Response, UpstreamError
 from ..pool import CredentialPool
 from ..vertex import TokenError
 from .events import ChatEvent, EventType
@@ -207,13 +209,22 @@ class Generation:
             last = index == len(candidates) - 1
             try:
                 auth = await cred.auth_header()
-            except TokenError:
-                self._pool.refused(cred, "token")
+            except TokenError as exc:
+                self._pool.refused(cred, exc.reason)
                 continue
+            body: Body = native.body
+            sent_headers = headers
+            envelope, project = destination.envelope, cred.code_assist and cred.code_assist.project
+            if envelope is not None:  # Code Assist: the body wrapped, the answer unwrapped
+                body = wrap_body(envelope, project or "", native.body, None)[0]
+                sent_headers = [h for h in headers if h[0] != b"accept-encoding"]
+                sent_headers.append((b"accept-encoding", b"identity"))
             response = await self._client.request(
-                destination.origin, "POST", destination.target, [*headers, auth], native.body
+                destination.origin, "POST", destination.target, [*sent_headers, auth], body
             )
             if not self._pool.judge(cred, response):
+                if envelope is not None and 200 <= response.status < 300:
+                    return UnwrappedBody(response, True, MAX_WRAPPED)
                 return response
             if not last:
                 response.close()

@@ -28,12 +28,10 @@ import logging
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
+from ..redisconn import connect
 from .events import ChatEvent
 from .store import CancelCallback, EventsExpired, GenerationGone, GenerationMeta, StoreUnavailable
 
@@ -90,9 +88,7 @@ class RedisStore:
         # No socket timeout: blocking reads wait longer than any op may; every
         # call is bounded by asyncio.timeout instead. No retries: a retried
         # XADD could store an event twice.
-        self._redis = Redis.from_url(
-            url, socket_connect_timeout=op_timeout, retry=Retry(NoBackoff(), 0), decode_responses=False
-        )
+        self._redis = connect(url, op_timeout=op_timeout, socket_timeout=False, decode_responses=False)
         self._tick = self._redis.register_script(_TICK_LUA)
         self._watch = self._redis.register_script(_WATCH_LUA)
         self._cancel = self._redis.register_script(_CANCEL_LUA)

@@ -52,6 +52,7 @@ __all__ = [
     "header_value",
     "new_client",
     "server_options",
+    "websocket_options",
 ]
 
 
@@ -64,6 +65,13 @@ def new_client(mode: HttpMode, connect_timeout: float) -> Client:
     from .h1client import ConnectionPool
 
     return ConnectionPool(connect_timeout)
+
+
+def websocket_options(max_size: int, ping_interval: float) -> dict[str, Any]:
+    """The ``uvicorn.Config`` arguments for WebSocket sessions (``wsserver.py``), in either mode."""
+    from .wsserver import websocket_options as options
+
+    return options(max_size, ping_interval)
 
 
 def server_options(mode: HttpMode, log_config: dict[str, Any]) -> dict[str, Any]:

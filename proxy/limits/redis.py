@@ -26,11 +26,10 @@ import contextlib
 import logging
 import time
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
+from ..redisconn import connect
 from ._lua import ADMIT_LUA, CHARGE_LUA, REFRESH_LUA
 from .base import WINDOW_SECONDS, Decision, LimiterUnavailable, Limits
 from .memory import compose_decision
@@ -75,12 +74,7 @@ class RedisLimiter:
         # No client-side retries: a retry with backoff would blow the time
         # budget, and a retried admit could count a request twice. Stale
         # pooled connections are checked (and replaced) by the pool itself.
-        self._redis = Redis.from_url(
-            url,
-            socket_timeout=op_timeout,
-            socket_connect_timeout=op_timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._redis = connect(url, op_timeout=op_timeout)
         # Script objects run EVALSHA and reload on NOSCRIPT (a restarted or
         # flushed Redis).
         self._admit = self._redis.register_script(ADMIT_LUA)
@@ -189,6 +183,16 @@ class RedisLimiter:
         snapshot = [(key, sorted(leases)) for key, leases in self._held.items()]
         try:
             async with asyncio.timeout(self._op_timeout):
+                if isinstance(self._redis, RedisCluster):
+                    # A cluster pipeline does not reload a script a node lacks
+                    # (NOSCRIPT); one call per key does, each to its own slot.
+                    await asyncio.gather(
+                        *(
+                            self._refresh(keys=[self._key(key, "conc")], args=[self._lease_ttl_ms, *leases])
+                            for key, leases in snapshot
+                        )
+                    )
+                    return
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for key, leases in snapshot:
                         await self._refresh(

@@ -24,6 +24,7 @@ from ..gate import Gate
 from .access_log import AccessLog
 from .auth import Auth
 from .include_usage import IncludeUsage
+from .model_policy import ModelPolicy
 from .rate_limit import RateLimit
 
 if TYPE_CHECKING:  # services imports the access log from this package
@@ -35,7 +36,10 @@ Builder = Callable[[ASGIApp, "Services"], ASGIApp]
 
 BUILTINS: Mapping[str, Builder] = {
     "access_log": lambda app, s: AccessLog(app, s.access_log, s.settings.log_bodies),
-    "auth": lambda app, s: Auth(app, s.keys, s.metrics, s.settings.max_inspect_bytes),
+    "auth": lambda app, s: Auth(
+        app, s.keys, s.metrics, s.settings.max_inspect_bytes, s.settings.model_aliases
+    ),
+    "model_policy": lambda app, s: ModelPolicy(app, s.settings.model_aliases, s.settings.max_inspect_bytes),
     "rate_limit": lambda app, s: RateLimit(app, s.limiter, s.metrics, s.settings.redis_failure),
 }
 
@@ -46,6 +50,7 @@ BUILTINS: Mapping[str, Builder] = {
 IDLE: Mapping[str, Callable[[Services], bool]] = {
     "access_log": lambda s: not s.access_log.enabled,
     "auth": lambda s: s.keys is None,
+    "model_policy": lambda s: s.keys is None and not s.settings.model_aliases,
     "rate_limit": lambda s: s.keys is None,
 }
 
@@ -74,6 +79,19 @@ def check_chain(chain: tuple[str, ...], services: Services) -> None:
         raise ConfigError(
             "SLUICE_CONFIG", "'rate_limit' must come after 'auth': it limits the key auth found"
         )
+    if "model_policy" in chain and "auth" in chain and chain.index("model_policy") < chain.index("auth"):
+        raise ConfigError(
+            "SLUICE_CONFIG", "'model_policy' must come after 'auth': it applies the key's policy"
+        )
+    if services.settings.model_aliases and "model_policy" not in chain:
+        raise ConfigError(
+            "SLUICE_CONFIG", "model aliases are configured but 'model_policy' is not in middleware.chain"
+        )
+    if services.keys is not None and "model_policy" not in chain:
+        logger.warning(
+            "'model_policy' is not in middleware.chain: keys' force_model, default_model "
+            "and max_output_tokens are not applied"
+        )
     duplicates = {name for name in chain if chain.count(name) > 1}
     if duplicates:
         raise ConfigError("SLUICE_CONFIG", f"middleware listed twice: {', '.join(sorted(duplicates))}")
@@ -100,4 +118,6 @@ def build_chain(endpoint: ASGIApp, services: Services) -> ASGIApp:
                 raise ConfigError(
                     "SLUICE_CONFIG", f"middleware {name!r} rejected its options: {exc}"
                 ) from None
+    if services.tracing is not None:  # outermost inside the Gate: it sees every layer's verdict
+        app = services.tracing.layer(app)
     return Gate(app, services.metrics, TrustedProxies(settings.trusted_proxies))

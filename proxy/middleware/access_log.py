@@ -1,5 +1,9 @@
 """The access log's layer: one line per HTTP request, written when the request ends.
 
+A realtime session (WebSocket) gets one line too, written at its close, with
+``frames_in``, ``frames_out``, ``close_code`` and ``closed_by`` added
+(``bytes_in``/``bytes_out`` count its message bytes each way).
+
 The line's fields are listed in :mod:`proxy.accesslog.line`. Bodies are not
 logged, unless ``SLUICE_LOG_BODIES`` turns on debugging: then the first
 16 KiB of each way are added as ``request_body``/``response_body``.
@@ -12,6 +16,7 @@ import time
 from ..accesslog import LogWriter, log_record
 from ..asgi import ASGIApp, Message, Receive, Scope, Send
 from ..context import http_context
+from ..realtime.stats import STATS_KEY
 
 BODY_SAMPLE = 16 * 1024
 
@@ -36,7 +41,12 @@ class AccessLog:
         try:
             await self.app(scope, receive, send)
         finally:
-            if samples is None:
+            stats = scope.get(STATS_KEY) if ctx.kind == "realtime" else None
+            if stats is not None:  # a realtime session: one line at its close, with its own fields
+                record = log_record(ctx, time.monotonic())
+                record.update(stats.log_fields())
+                self.writer.write(record)
+            elif samples is None:
                 self.writer.log(ctx, time.monotonic())
             else:  # debugging: the generic path will do
                 record = log_record(ctx, time.monotonic())

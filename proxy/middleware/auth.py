@@ -13,6 +13,7 @@ Both in the provider's own error format, so the SDK raises
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from ..asgi import ASGIApp, Receive, Scope, Send
 from ..body import read_body
@@ -20,8 +21,10 @@ from ..context import RequestContext, http_context
 from ..errors import send_error
 from ..headers import request_headers
 from ..jsonread import loads
-from ..keys import KeyStore
+from ..keys import ClientKey, KeyStore
 from ..metrics import Metrics
+from ..modelpolicy import PolicyError, effective_model
+from ..realtime.routes import BROWSER_KEY_PROTOCOL
 from ..routing import query_key
 
 logger = logging.getLogger("sluice.auth")
@@ -31,8 +34,9 @@ def presented_key(scope: Scope) -> str | None:
     """The client's credential, from the first place an SDK would put it.
 
     Preferred in this order: ``x-goog-api-key``, ``x-api-key``, ``api-key``
-    (each the last one sent, if not empty), a ``Bearer`` authorization, and
-    Gemini's ``?key=``.
+    (each the last one sent, if not empty), a ``Bearer`` authorization,
+    Gemini's ``?key=``, and on a WebSocket the browser's subprotocol form
+    ``openai-insecure-api-key.<key>`` (a browser cannot set headers).
     """
     goog = x_api = api = bearer = b""
     for name, value in request_headers(scope):
@@ -50,7 +54,13 @@ def presented_key(scope: Scope) -> str | None:
     if found:
         return found.decode("latin-1")
     key = query_key(scope["query_string"])
-    return key.decode("latin-1") if key is not None else None
+    if key is not None:
+        return key.decode("latin-1")
+    if scope["type"] == "websocket":
+        for protocol in scope.get("subprotocols", ()):
+            if protocol.startswith(BROWSER_KEY_PROTOCOL):
+                return protocol[len(BROWSER_KEY_PROTOCOL) :] or None
+    return None
 
 
 def model_from_json(body: bytes) -> str | None:
@@ -62,14 +72,36 @@ def model_from_json(body: bytes) -> str | None:
     return model if isinstance(model, str) else None
 
 
+def _effective(
+    requested: str | None, provider: str, key: ClientKey, aliases: Mapping[str, str]
+) -> str | None:
+    """The model the key's list is checked against: the one the upstream will get (aliases resolved).
+
+    A request the model policy refuses outright is left to that layer to
+    refuse, with its own message.
+    """
+    try:
+        return effective_model(requested, provider, key, aliases)
+    except PolicyError:
+        return requested
+
+
 class Auth:
     """Pure ASGI middleware: only requests with a valid, permitted Sluice key get through."""
 
-    def __init__(self, app: ASGIApp, keys: KeyStore | None, metrics: Metrics, max_inspect_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        keys: KeyStore | None,
+        metrics: Metrics,
+        max_inspect_bytes: int,
+        aliases: Mapping[str, str] | None = None,
+    ) -> None:
         self.app = app
         self.keys = keys
         self.metrics = metrics
         self.max_inspect_bytes = max_inspect_bytes
+        self.aliases: Mapping[str, str] = aliases or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = http_context(scope)
@@ -81,11 +113,10 @@ class Auth:
         presented = presented_key(scope)
         key = self.keys.lookup(presented) if presented else None
         if key is None:
-            reason = "missing" if presented is None else "invalid"
-            message = (
-                "Missing API key: set api_key to a Sluice key (sk-sluice-…)."
+            reason, message = (
+                ("missing", "Missing API key: set api_key to a Sluice key (sk-sluice-…).")
                 if presented is None
-                else "Invalid API key: this Sluice key is unknown or revoked."
+                else self.keys.refusal(presented)
             )
             await self._reject(ctx, send, 401, reason, message)
             return
@@ -99,8 +130,10 @@ class Auth:
         if not key.allows_provider(provider):
             await self._reject(ctx, send, 403, "provider", f"This key may not use the {provider} API.")
             return
-        if key.models is not None:
-            if ctx.model is None and ctx.route is not None and scope["method"] == "POST":
+        if key.models is not None and not (ctx.kind == "realtime" and ctx.provider == "gemini"):
+            # (Gemini Live names its model in its first message: the realtime
+            # endpoint checks it against ctx.key once it has read it.)
+            if ctx.model is None and ctx.route is not None and scope.get("method") == "POST":
                 body, receive = await read_body(receive, self.max_inspect_bytes)
                 if body is None:
                     await self._reject(
@@ -109,8 +142,9 @@ class Auth:
                     )  # fmt: skip
                     return
                 ctx.model = model_from_json(body)
-            if not key.allows_model(ctx.model):
-                await self._reject(ctx, send, 403, "model", f"This key may not use the model {ctx.model!r}.")
+            model = _effective(ctx.model, provider, key, self.aliases)
+            if not key.allows_model(model):
+                await self._reject(ctx, send, 403, "model", f"This key may not use the model {model!r}.")
                 return
         await self.app(scope, receive, send)
 

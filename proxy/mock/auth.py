@@ -233,9 +233,13 @@ class AuthState:
                 raise GrantError("Mock injected token endpoint failure", status=self.token_endpoint_status)
             fields = parse_qs(form.decode("utf-8", "replace"))
             grant = fields.get("grant_type", [""])[0]
-            if grant != JWT_GRANT_TYPE:
+            if grant == "refresh_token":  # a Google account's (Code Assist: proxy.mock.code_assist)
+                self.refresh_grant(fields)
+            elif grant != JWT_GRANT_TYPE:
                 raise GrantError(f"Invalid grant_type: {grant}", "unsupported_grant_type")
-            verify_assertion(fields.get("assertion", [""])[0], self.service_accounts, token_url, time.time())
+            else:
+                assertion = fields.get("assertion", [""])[0]
+                verify_assertion(assertion, self.service_accounts, token_url, time.time())
         except GrantError as err:
             return err.status, err.body()
         token = f"ya29.mock-{next(self._token_ids)}"
@@ -244,6 +248,10 @@ class AuthState:
         lifetime = self.token_lifetime
         expires_in = int(lifetime) if float(lifetime).is_integer() else lifetime
         return 200, {"access_token": token, "expires_in": expires_in, "token_type": "Bearer"}
+
+    def refresh_grant(self, fields: dict[str, list[str]]) -> None:
+        """Check a refresh-token grant (``CodeAssistState`` knows the accounts)."""
+        raise GrantError("Token has been expired or revoked.")
 
     def token_valid(self, token: str | None) -> bool:
         expiry = self.issued_tokens.get(token or "")

@@ -315,6 +315,11 @@ def _gemini_chunks(r: Reply) -> Iterator[JSON]:
         yield _gemini_chunk(r, tok, i + 1, i == len(r.tokens) - 1)
 
 
+def gemini_chunks(r: Reply) -> list[JSON]:
+    """The GenerateContentResponse objects a stream of ``r`` is made of."""
+    return list(_gemini_chunks(r))
+
+
 def gemini_stream(r: Reply, use_sse: bool) -> StreamPlan:
     if use_sse:  # Google's servers separate SSE events with CRLF
         frames = [sse(c, sep="\r\n") for c in _gemini_chunks(r)]

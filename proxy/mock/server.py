@@ -21,6 +21,7 @@ import json
 import re
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -30,7 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import auth
+from . import auth, code_assist, realtime
 from . import formats as fmt
 from .formats import mock_tokens
 
@@ -55,8 +56,16 @@ class MockRecord:
     ended: float | None = None
     outcome: str | None = None
     status: int | None = None
+    # WebSocket sessions (proxy.mock.realtime): the close code and reason the
+    # session ended with, whoever sent them (1006: the connection just vanished).
+    close_code: int | None = None
+    close_reason: str | None = None
     # A growable buffer: appending to bytes would be quadratic on big bodies.
     _sent: bytearray = field(default_factory=bytearray, repr=False)
+    # WebSocket messages in each direction (text as str, binary as bytes), first 8 MiB.
+    _frames_in: list[str | bytes] = field(default_factory=list, repr=False)
+    _frames_out: list[str | bytes] = field(default_factory=list, repr=False)
+    _frame_bytes: int = field(default=0, repr=False)
 
     @property
     def sent(self) -> bytes:
@@ -67,6 +76,26 @@ class MockRecord:
         room = _SENT_CAP - len(self._sent)
         if room > 0:
             self._sent += data[:room]
+
+    @property
+    def frames_in(self) -> list[str | bytes]:
+        """WebSocket messages the client sent, in order (first 8 MiB)."""
+        return list(self._frames_in)
+
+    @property
+    def frames_out(self) -> list[str | bytes]:
+        """WebSocket messages the mock sent, in order (first 8 MiB)."""
+        return list(self._frames_out)
+
+    def add_frame(self, data: str | bytes, *, sent: bool) -> None:
+        """Record one WebSocket message: bytes counted, and kept while under the cap."""
+        if sent:
+            self.add_sent(data.encode() if isinstance(data, str) else data)
+        else:
+            self.body_bytes += len(data)
+        if self._frame_bytes + len(data) <= _SENT_CAP:
+            self._frame_bytes += len(data)
+            (self._frames_out if sent else self._frames_in).append(data)
 
     def close(self, outcome: str) -> None:
         """Record how the exchange ended. The first cause wins (a deliberate
@@ -81,15 +110,17 @@ class MockRecord:
             self.ended = time.monotonic()
 
     def summary(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if k != "_sent"}
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
-class MockState(auth.AuthState):
+class MockState(code_assist.CodeAssistState, auth.AuthState):
     """All mutable mock state; shared between the server loop and tests.
-    Key rules, service accounts and OAuth2 tokens come from ``AuthState``."""
+    Key rules, service accounts and OAuth2 tokens come from ``AuthState``,
+    Google accounts and Code Assist from ``CodeAssistState``."""
 
     def __init__(self, default_tokens: int = 12, default_delay_ms: float = 0.0) -> None:
-        super().__init__()
+        auth.AuthState.__init__(self)
+        code_assist.CodeAssistState.__init__(self)
         self.default_tokens = default_tokens
         self.default_delay_ms = default_delay_ms
         self.records: list[MockRecord] = []
@@ -98,6 +129,7 @@ class MockState(auth.AuthState):
     def reset(self) -> None:
         self.records.clear()
         self.reset_auth()
+        self.reset_code_assist()
 
     def attempts_by_key(self, path_suffix: str | None = None) -> Counter[str]:
         """How many recorded requests presented each credential."""
@@ -429,6 +461,9 @@ async def _serve(ex: _Exchange) -> web.StreamResponse:
         ex.rec.close("error_injected")
         ex.ctl = replace(ex.ctl, retry_after=rule.retry_after_header)
         return await ex.send_error(rule.status, _injected_message(rule.status, ex.request.headers))
+    answered = await code_assist.serve(ex, ex.request.method, ex.rec.path)
+    if answered is not None:
+        return answered
     for method, pattern, route in _ROUTES:
         match = pattern.search(ex.rec.path)
         if match and ex.request.method == method:
@@ -446,6 +481,19 @@ def _make_handler(state: MockState) -> Callable[[web.Request], Awaitable[web.Str
             return web.json_response({"ok": True})
         if path.endswith("/_mock/keys") and request.method in ("POST", "DELETE"):
             return await _keys_control(state, request)
+        if path.endswith("/_mock/code-assist") and request.method == "POST":
+            try:
+                state.code_assist_control(await request.json())
+            except (ValueError, TypeError, KeyError) as exc:
+                return web.json_response({"ok": False, "error": repr(exc)}, status=400)
+            return web.json_response({"ok": True})
+        if realtime.is_realtime(request, path):  # OpenAI Realtime, Gemini Live
+            rec = state.new_record(request)
+            try:
+                return await realtime.serve(request, rec, state)
+            except Exception:
+                rec.close("mock_error")
+                raise
         ex = _Exchange(request, state.new_record(request), state)
         try:
             resp = await _serve(ex)
@@ -493,7 +541,11 @@ def build_mock_app(state: MockState) -> web.Application:
 
 
 async def _run(
-    state: MockState, sock: socket.socket, stop: asyncio.Event, on_ready: Callable[[], None]
+    state: MockState,
+    sock: socket.socket,
+    stop: asyncio.Event,
+    on_ready: Callable[[], None],
+    ssl_context: ssl.SSLContext | None = None,
 ) -> None:
     # handler_cancellation: aiohttp ≥3.9 otherwise keeps running handlers of
     # disconnected clients, and tests measure how fast the proxy cancels us.
@@ -502,17 +554,17 @@ async def _run(
     )
     await runner.setup()
     try:
-        await web.SockSite(runner, sock).start()
+        await web.SockSite(runner, sock, ssl_context=ssl_context).start()
         on_ready()
         await stop.wait()
     finally:
         await runner.cleanup()
 
 
-def _bind(host: str, port: int) -> tuple[socket.socket, str, int]:
+def _bind(host: str, port: int, scheme: str = "http") -> tuple[socket.socket, str, int]:
     sock = socket.create_server((host, port), reuse_port=False)
     real_port = int(sock.getsockname()[1])
-    return sock, f"http://{host}:{real_port}", real_port
+    return sock, f"{scheme}://{host}:{real_port}", real_port
 
 
 @dataclass
@@ -534,17 +586,23 @@ class MockHandle:
 
 
 def start_mock_in_thread(
-    host: str = "127.0.0.1", port: int = 0, *, default_tokens: int = 12, default_delay_ms: float = 0.0
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    default_tokens: int = 12,
+    default_delay_ms: float = 0.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> MockHandle:
-    """Run the mock on its own event loop in a daemon thread."""
+    """Run the mock on its own event loop in a daemon thread; over TLS (an
+    https:// url) with ``ssl_context``, as SDKs that dial only wss:// need."""
     state = MockState(default_tokens, default_delay_ms)
-    sock, url, real_port = _bind(host, port)
+    sock, url, real_port = _bind(host, port, "https" if ssl_context else "http")
     loop, stop, ready = asyncio.new_event_loop(), asyncio.Event(), threading.Event()
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            loop.run_until_complete(_run(state, sock, stop, ready.set))
+            loop.run_until_complete(_run(state, sock, stop, ready.set, ssl_context))
         except BaseException as exc:  # surface startup failures to the caller
             errors.append(exc)
             ready.set()
