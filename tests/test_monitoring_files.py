@@ -21,7 +21,7 @@ import httpx
 import pytest
 import yaml
 
-from proxy.keys import create_key
+from proxy.keybook import create_key
 from proxy.limits import Limits
 from proxy.mock import MockHandle
 from tests.conftest import CANARY_KEYS, SluiceFactory, upstream_env
