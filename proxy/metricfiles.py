@@ -34,18 +34,19 @@ Guarantees:
 * A value is written as one aligned 8-byte store, and a new entry is
   complete before the header counts it, so a scrape never reads a torn or
   half-made value.
-* The directory is cleaned at start (its ``.db`` files removed), so a
-  previous run never leaks into the counts; a directory another running
-  Sluice still writes to is refused (:func:`prepare_dir`).
+* The directory is cleaned at start (Sluice's files removed, told by their
+  names; anything else there is neither removed nor read), so a previous
+  run never leaks into the counts; a directory another running Sluice
+  still writes to is refused (:func:`prepare_dir`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
 import mmap
 import os
+import re
 import secrets
 import shutil
 import struct
@@ -60,6 +61,8 @@ _INITIAL_SIZE = 1 << 16  # as prometheus_client's own files start
 _USED = struct.Struct("i")  # the header: bytes in use, then 4 bytes of padding
 _ENTRY_HEAD = struct.Struct("i")  # each entry: the key's length, the key padded to 8 bytes, two doubles
 _NOT_SHARED = "local"  # a gauge's mode for values the answering worker sets itself
+# What SlotFile names its files (without the suffix): kind, pid, a random part.
+_FILE_NAME = re.compile(r"(counter|histogram|gauge_[a-z]+)_[0-9]+-[0-9a-f]+")
 
 
 class SlotFile:
@@ -138,7 +141,7 @@ def prepare_dir(configured: Path | None) -> tuple[Path, bool]:
     if configured is None:
         return Path(tempfile.mkdtemp(prefix="sluice-metrics-")), True  # mode 0700
     configured.mkdir(parents=True, exist_ok=True)
-    for name in glob.glob(str(configured / "*.db")) + glob.glob(str(configured / "*.tmp")):
+    for name in _own_files(configured, (".db", ".tmp")):
         if _alive(name):
             raise ValueError(f"{configured} is in use by another running Sluice; give each its own")
         with contextlib.suppress(FileNotFoundError):
@@ -148,6 +151,15 @@ def prepare_dir(configured: Path | None) -> tuple[Path, bool]:
 
 def remove_dir(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _own_files(directory: Path, suffixes: tuple[str, ...]) -> list[str]:
+    """Sluice's files in ``directory``, by their names: anything else there is left alone."""
+    return sorted(
+        str(path)
+        for path in directory.iterdir()
+        if path.suffix in suffixes and _FILE_NAME.fullmatch(path.stem) is not None
+    )
 
 
 def _alive(path: str) -> bool:
@@ -166,7 +178,7 @@ def _alive(path: str) -> bool:
 def _readable_files(directory: Path) -> list[str]:
     """Every file to merge: all counters and histograms; the gauge files of live workers only."""
     files = []
-    for name in sorted(glob.glob(str(directory / "*.db"))):
+    for name in _own_files(directory, (".db",)):
         if os.path.basename(name).startswith("gauge_live") and not _alive(name):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(name)  # a dead worker's gauges: what it had in flight ended with it

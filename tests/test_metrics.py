@@ -167,8 +167,9 @@ def test_a_worker_file_grows_past_its_first_mapping(tmp_path: Path) -> None:
 
 def test_the_directory_is_emptied_at_start_and_refused_while_in_use(tmp_path: Path) -> None:
     _record_and_die(tmp_path, requests=3, in_flight=1)  # a run that is over
+    (tmp_path / "other.db").write_bytes(b"not ours")  # someone else's file: left alone, never read
     assert prepare_dir(tmp_path) == (tmp_path, False)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["other.db"]
     current = Metrics(tmp_path)
     assert "sluice_requests_total{" not in current.render()
     _recorded(current, "openai", 1)
