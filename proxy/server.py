@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import dataclasses
 import functools
@@ -11,7 +12,6 @@ import resource
 import signal
 import socket
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -110,46 +110,43 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     )
 
 
-def _remove_before_dying(path: Path) -> None:
-    """Remove ``path`` on SIGTERM too, then die of it as before.
+def with_metrics_dir(settings: Settings) -> Settings:
+    """The settings with the directory every worker writes its metrics to, made ready.
 
-    One worker's uvicorn ends by raising the signal it caught again, under
-    the handler found at its start: this one, then, rather than the default
-    that would end the process before any ``finally``.
+    Unset, it is a private temporary directory, removed when this process
+    ends: at exit, and on SIGTERM too (one worker's uvicorn ends by raising
+    the signal it caught again, under the handler found at its start: this
+    one, then, rather than the default that would end the process before
+    any clean-up).
     """
-    from .metricfiles import remove_dir
+    from .metricfiles import prepare_dir, remove_dir
 
-    def handler(signum: int, _frame: object) -> None:
-        remove_dir(path)
-        signal.signal(signum, signal.SIG_DFL)
-        signal.raise_signal(signum)
+    try:
+        path, ours = prepare_dir(settings.metrics_dir)
+    except (OSError, ValueError) as exc:
+        raise ConfigError("SLUICE_METRICS_DIR", str(exc)) from exc
+    if ours:
+        atexit.register(remove_dir, path)
 
-    signal.signal(signal.SIGTERM, handler)
+        def handler(signum: int, _frame: object) -> None:
+            remove_dir(path)
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+        signal.signal(signal.SIGTERM, handler)
+    return dataclasses.replace(settings, metrics_dir=path)
 
 
 def serve(settings: Settings, on_listening: Callable[[str], None]) -> None:
     """Serve until SIGINT/SIGTERM. ``on_listening`` gets the base URL once the socket is bound."""
-    from .metricfiles import prepare_dir, remove_dir
-
     raise_open_files_limit(2 * settings.pool_size + 1024)
-    try:
-        # Every worker (one, or the supervisor's N) writes its metrics there.
-        metrics_dir, ours = prepare_dir(settings.metrics_dir)
-    except (OSError, ValueError) as exc:
-        raise ConfigError("SLUICE_METRICS_DIR", str(exc)) from exc
-    settings = dataclasses.replace(settings, metrics_dir=metrics_dir)
-    if ours:
-        _remove_before_dying(metrics_dir)
-    try:
-        sock = bind_socket(settings.host, settings.port)
-        host, port = sock.getsockname()[:2]
-        shown_host = f"[{host}]" if ":" in host else host
-        config = uvicorn_config(settings)
-        on_listening(f"{'https' if settings.tls else 'http'}://{shown_host}:{port}")
-        if settings.workers > 1:
-            Multiprocess(config, sockets=[sock]).run()
-        else:
-            uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        if ours:
-            remove_dir(metrics_dir)
+    settings = with_metrics_dir(settings)  # shared by every worker (proxy/metricfiles.py)
+    sock = bind_socket(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    shown_host = f"[{host}]" if ":" in host else host
+    config = uvicorn_config(settings)
+    on_listening(f"{'https' if settings.tls else 'http'}://{shown_host}:{port}")
+    if settings.workers > 1:
+        Multiprocess(config, sockets=[sock]).run()
+    else:
+        uvicorn.Server(config).run(sockets=[sock])

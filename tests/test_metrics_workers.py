@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.mmap_dict import MmapedDict
 
 from proxy.mock import MockHandle
@@ -131,13 +132,17 @@ def test_a_killed_worker_keeps_its_counts(
     assert len(list(tmp_path.glob("gauge_livesum_*.db"))) == 2  # but only the live workers' gauges
 
 
-def test_a_private_directory_is_made_and_removed(sluice_factory: SluiceFactory, mock: MockHandle) -> None:
-    """With no SLUICE_METRICS_DIR, one worker: a directory of its own, gone once Sluice stops."""
-    process = sluice_factory(**upstream_env(mock))
-    _send(process.url, 3)
-    with httpx.Client() as client:
-        assert _total(client.get(f"{process.url}/metrics").text, "sluice_requests_total{") == 3
-    files = [os.readlink(fd) for fd in Path(f"/proc/{process.proc.pid}/fd").iterdir()]
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_private_directory_is_made_and_removed(
+    sluice_factory: SluiceFactory, mock: MockHandle, workers: str
+) -> None:
+    """With no SLUICE_METRICS_DIR: a directory of its own, gone once Sluice stops."""
+    process = sluice_factory("--workers", workers, **upstream_env(mock))
+    _send(process.url, 6)
+    _settled(process.url, 6)
+    pids = [process.proc.pid]  # the one worker, or the supervisor of the workers
+    pids += [int(p) for p in Path(f"/proc/{pids[0]}/task/{pids[0]}/children").read_text().split()]
+    files = [os.readlink(fd) for pid in pids for fd in Path(f"/proc/{pid}/fd").iterdir()]
     made = {Path(f).parent for f in files if re.search(r"/sluice-metrics-[^/]+/counter_", f)}
     assert len(made) == 1, files
     [directory] = made
