@@ -17,6 +17,8 @@ ARGS   ?=
 # JavaScript SDKs' tests, tests/js). Installed when missing;
 # the tests fail rather than skip under CI.
 SYSTEM_PACKAGES := redis-server:redis-server nginx:nginx openssl:openssl systemd-analyze:systemd chromium:chromium node:nodejs npm:npm
+# promtool checks deploy/prometheus/alerts.yml (Debian ships it in prometheus).
+SYSTEM_PACKAGES += promtool:prometheus
 
 # apt-get install of the packages that follow it in a recipe's shell line, as
 # root or through sudo.

@@ -31,12 +31,19 @@ body read to ask streams for usage, as a budgeted key's always are).
 
 What it counts is work, not time: a cache-friendly change can be faster than
 its instruction count says, and a system call counts as one instruction.
+
+Each line also names the instructions the metrics took per request
+(``Metrics.request_started`` and ``request_ended``, inclusive: the dict
+updates, and the slots written to the worker's shared file), read from the
+dump by ``callgrind_annotate``; only a compiled build has those functions
+by name, so an interpreted one says ``n/a``.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import re
 import shutil
 import subprocess
 import sys
@@ -106,6 +113,27 @@ def _total(dump: Path) -> int:
     raise RuntimeError(f"no totals in {dump}")
 
 
+# The compiled functions that record a request's metrics (mypyc's C names).
+METRICS_FUNCTIONS = re.compile(r"CPyDef_metrics___Metrics___request_(started|ended)\b")
+
+
+def metrics_share(dump: Path) -> int | None:
+    """Instructions spent recording metrics in ``dump`` (inclusive), or None when not compiled."""
+    tool = shutil.which("callgrind_annotate") or "callgrind_annotate"
+    argv = [tool, "--inclusive=yes", "--auto=no", "--threshold=100", str(dump)]
+    # Run beside the dump, away from any source tree: where it can open a
+    # relative source path, callgrind_annotate lists that function twice.
+    report = subprocess.run(  # noqa: S603 - our own argv
+        argv, cwd=dump.parent, check=True, capture_output=True, text=True
+    ).stdout
+    found = [
+        int(line.split()[0].replace(",", ""))
+        for line in report.splitlines()
+        if METRICS_FUNCTIONS.search(line) and line.strip()[:1].isdigit()
+    ]
+    return sum(found) if found else None
+
+
 def count(
     tree: Path,
     upstream_port: int,
@@ -117,8 +145,8 @@ def count(
     extra_env: dict[str, str] | None = None,
     budget: str = "layer",
     include_usage: bool = False,
-) -> float:
-    """Instructions Sluice (from ``tree``) executes per request, averaged over ``requests``."""
+) -> tuple[float, float | None]:
+    """Instructions Sluice (from ``tree``) executes per request, and those of its metrics, per request."""
     keys = workdir / "keys.toml" if chain else None
     key = paths.create_bench_key(keys) if keys is not None else "no-key-needed"
     env = paths.sluice_env(upstream_port, str(workdir / "access.log") if chain else "off", keys)
@@ -153,7 +181,9 @@ def count(
     finally:
         proc.terminate()
         proc.wait(60)
-    return _total(_latest_dump(workdir)) / requests
+    dump = _latest_dump(workdir)
+    metrics = metrics_share(dump)
+    return _total(dump) / requests, None if metrics is None else metrics / requests
 
 
 def _latest_dump(workdir: Path) -> Path:
@@ -184,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, tree in enumerate(args.trees):
                 workdir = Path(tmp) / f"tree{i}"
                 workdir.mkdir()
-                per_request = count(
+                per_request, metrics = count(
                     tree.resolve(),
                     upstream.port,
                     workdir,
@@ -200,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
                     args.keep.mkdir(parents=True, exist_ok=True)
                     name = f"callgrind.tree{i}.chain" if args.chain else f"callgrind.tree{i}"
                     shutil.copy(_latest_dump(workdir), args.keep / name)
-                print(f"{per_request / 1000:9.1f} k instructions/request  {tree}", flush=True)
+                shown = "n/a" if metrics is None else f"{metrics / 1000:.1f} k"
+                print(
+                    f"{per_request / 1000:9.1f} k instructions/request (metrics {shown})  {tree}", flush=True
+                )
         finally:
             upstream.stop()
             if sink is not None:

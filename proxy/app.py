@@ -50,6 +50,8 @@ def create_app(settings: Settings) -> SluiceApp:
         return JSONResponse(body, 200 if ready else 503)
 
     async def metrics(_request: Request) -> Response:
+        ready, _checks = await services.ready()
+        services.metrics.ready.set((), 1.0 if ready else 0.0)
         return PlainTextResponse(services.metrics.render(), media_type="text/plain; version=0.0.4")
 
     routes = [

@@ -144,6 +144,9 @@ class Settings:
     log_level: LogLevel = "info"
     # Sluice's own HTTP/1.1 server and client, or uvicorn's and aiohttp's (proxy/http).
     http: HttpMode = "fast"
+    # Where the workers' metric files go (proxy/metricfiles.py); `sluice serve`
+    # makes a private temporary one when unset. None in a Settings: one process's metrics.
+    metrics_dir: Path | None = None
     mock: bool = False
     chat: ChatSettings = field(default_factory=ChatSettings)
     # name -> "provider/model", rewritten on the passthrough (proxy/modelpolicy.py).
@@ -316,6 +319,7 @@ def load_settings(env: Mapping[str, str], **overrides: object) -> Settings:
             env, "SLUICE_LOG_LEVEL", "info", _choice("critical", "error", "warning", "info", "debug")
         ),
         "http": _parse(env, "SLUICE_HTTP", "fast", _choice(*HTTP_MODES)),
+        "metrics_dir": _parse(env, "SLUICE_METRICS_DIR", None, Path),
         "model_aliases": _parse(env, "SLUICE_MODEL_ALIASES", _NO_ALIASES, _aliases),
         "realtime_max_message": _parse(
             env, "SLUICE_REALTIME_MAX_MESSAGE", 16 * 1024 * 1024, _int_between(1024, 1 << 30)

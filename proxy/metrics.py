@@ -1,9 +1,15 @@
-"""Prometheus metrics, in the text exposition format.
+"""Prometheus metrics, in the text exposition format, added up across workers.
 
-A few dozen lines instead of ``prometheus_client``: one event loop per
-process means no locks, and recording a request is a handful of dict updates.
-Values are per process; with several workers each one answers ``/metrics``
-for itself (README, "Metrics and health").
+Recording stays a handful of dict updates in the process (one event loop per
+process: no locks): each label set's cell keeps its value, and mirrors it
+into a *slot*, an 8-byte double in a file the worker shares (one store per
+process, ``proxy/metricfiles.py``, in ``prometheus_client``'s multiprocess
+file format). A scrape on any worker merges every worker's files, so one
+scrape describes the whole instance: counters and histograms summed, over
+dead workers too (they never go backwards); gauges by their ``mode``. The
+guarantees and the measured cost: ``proxy/metricfiles.py``, bench/README.md.
+Without a shared directory (an app built in-process, as some tests do) the
+slots are a scratch double and ``/metrics`` is this process's own values.
 
 Label values are provider names, outcomes, status codes and client *key
 names*: never a secret, and bounded by configuration, not by traffic.
@@ -11,9 +17,38 @@ names*: never a secret, and bounded by configuration, not by traffic.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Protocol, SupportsIndex
+
 from .context import RequestContext, Usage
 
 LabelValues = tuple[str, ...]
+
+
+class SlotStore(Protocol):
+    """Where cells mirror their values, each value one double of ``view``."""
+
+    def slots(self, kind: str, keys: list[str]) -> tuple[memoryview[float], list[int]]:
+        """A view of doubles and, for each key, the index of its slot (made zero if new)."""
+        ...
+
+
+class LocalSlots:
+    """No sharing: every slot is one scratch double, written and never read."""
+
+    def __init__(self) -> None:
+        self.scratch = memoryview(bytearray(8)).cast("d")
+
+    def slots(self, kind: str, keys: list[str]) -> tuple[memoryview[float], list[int]]:
+        return self.scratch, [0] * len(keys)
+
+
+def slot_key(metric: str, sample: str, names: LabelValues, values: LabelValues, help_text: str) -> str:
+    """A slot's key, as ``prometheus_client.mmap_dict.mmap_key`` writes it (json, sorted keys)."""
+    labels = dict(zip(names, values, strict=True))
+    return json.dumps([metric, sample, labels, help_text], sort_keys=True)
+
 
 # Seconds. LLM requests span milliseconds (errors, cached) to many minutes.
 LATENCY_BUCKETS = (
@@ -58,54 +93,107 @@ class _Value:
     dict lookup, where ``values[labels] += 1`` looks the tuple up twice.
     """
 
-    __slots__ = ("value",)
+    __slots__ = ("index", "value", "view")
 
-    def __init__(self) -> None:
+    def __init__(self, view: memoryview[float], index: SupportsIndex) -> None:
         self.value = 0.0
+        # Kept boxed (a protocol type is an object to mypyc): an int field
+        # would be boxed again, a new object past 256, on every store.
+        self.view, self.index = view, index
+
+    def add(self, amount: float) -> None:
+        value = self.value + amount
+        self.value = value
+        self.view[self.index] = value  # one aligned 8-byte store: a reader never sees it torn
+
+    def put(self, value: float) -> None:
+        self.value = value
+        self.view[self.index] = value
+
+
+_LOCAL = LocalSlots()
 
 
 class Counter:
     kind = "counter"
+    # How a scrape combines the workers' values: the file kind of
+    # prometheus_client's multiprocess mode ("counter": summed, dead workers too).
+    mode = "counter"
 
     def __init__(self, name: str, help_text: str, labels: LabelValues = ()) -> None:
         self.name, self.help, self.label_names = name, help_text, labels
         self.cells: dict[LabelValues, _Value] = {}
+        self.store: SlotStore = _LOCAL
+
+    def family(self) -> str:
+        """The name prometheus_client files a sample under (a counter's without ``_total``)."""
+        return self.name.removesuffix("_total") if self.kind == "counter" else self.name
 
     def _cell(self, labels: LabelValues) -> _Value:
         cell = self.cells.get(labels)
         if cell is None:
-            cell = self.cells[labels] = _Value()
+            key = slot_key(self.family(), self.name, self.label_names, labels, self.help)
+            view, (index,) = self.store.slots(self.mode, [key])
+            cell = self.cells[labels] = _Value(view, index)
         return cell
 
     def inc(self, labels: LabelValues = (), amount: float = 1.0) -> None:
-        self._cell(labels).value += amount
+        self._cell(labels).add(amount)
+
+    def values(self) -> dict[LabelValues, float]:
+        return {labels: cell.value for labels, cell in self.cells.items()}
+
+    def lines(self, values: dict[LabelValues, float]) -> list[str]:
+        return [
+            f"{self.name}{_labels(self.label_names, labels)} {_number(value)}"
+            for labels, value in sorted(values.items(), key=lambda item: item[0])
+        ]
 
     def samples(self) -> list[str]:
-        return [
-            f"{self.name}{_labels(self.label_names, labels)} {_number(cell.value)}"
-            for labels, cell in sorted(self.cells.items(), key=lambda item: item[0])
-        ]
+        """This process's own series."""
+        return self.lines(self.values())
 
 
 class Gauge(Counter):
+    """A gauge; ``mode`` says how a scrape combines the workers' values.
+
+    ``gauge_livesum`` (the default): summed over the workers alive now; a
+    dead worker's value is dropped (what it had in flight ended with it).
+    ``gauge_livemax``: the largest over the workers alive now.
+    ``local``: only the answering worker's own value, never shared (a value
+    it sets at scrape time, such as readiness).
+    """
+
     kind = "gauge"
 
+    def __init__(
+        self, name: str, help_text: str, labels: LabelValues = (), mode: str = "gauge_livesum"
+    ) -> None:
+        super().__init__(name, help_text, labels)
+        self.mode = mode
+
     def dec(self, labels: LabelValues = (), amount: float = 1.0) -> None:
-        self._cell(labels).value -= amount
+        self._cell(labels).add(-amount)
+
+    def set(self, labels: LabelValues, value: float) -> None:
+        self._cell(labels).put(value)
 
 
 class _Cell:
     """One label set of a histogram: a count per bucket (the +Inf bucket last), and the sum."""
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("counts", "indexes", "total", "view")
 
-    def __init__(self, size: int) -> None:
-        self.counts = [0] * size
+    def __init__(self, view: memoryview[float], indexes: list[SupportsIndex]) -> None:
+        # A slot per bucket (not cumulative, as prometheus_client files them), then the sum's.
+        self.view, self.indexes = view, indexes
+        self.counts = [0] * (len(indexes) - 1)
         self.total = 0.0
 
 
 class Histogram:
     kind = "histogram"
+    mode = "histogram"
 
     def __init__(
         self,
@@ -116,6 +204,20 @@ class Histogram:
     ) -> None:
         self.name, self.help, self.label_names, self.buckets = name, help_text, labels, buckets
         self.cells: dict[LabelValues, _Cell] = {}
+        self.store: SlotStore = _LOCAL
+
+    def bounds(self) -> list[str]:
+        """The ``le`` label of each bucket, the +Inf bucket last."""
+        return [*(repr(b) for b in self.buckets), "+Inf"]
+
+    def _new_cell(self, labels: LabelValues) -> _Cell:
+        names = (*self.label_names, "le")
+        bucket = f"{self.name}_bucket"
+        keys = [slot_key(self.name, bucket, names, (*labels, le), self.help) for le in self.bounds()]
+        keys.append(slot_key(self.name, f"{self.name}_sum", self.label_names, labels, self.help))
+        view, indexes = self.store.slots(self.mode, keys)
+        cell = self.cells[labels] = _Cell(view, list(indexes))
+        return cell
 
     def observe(self, value: float, labels: LabelValues = ()) -> None:
         # A scan, not bisect: most requests end in the first buckets, and the
@@ -123,32 +225,49 @@ class Histogram:
         # in that bound's bucket).
         cell = self.cells.get(labels)
         if cell is None:
-            cell = self.cells[labels] = _Cell(len(self.buckets) + 1)
+            cell = self._new_cell(labels)
         buckets = self.buckets
         i, n = 0, len(buckets)
         while i < n and buckets[i] < value:
             i += 1
-        cell.counts[i] += 1
-        cell.total += value
+        count = cell.counts[i] + 1
+        cell.counts[i] = count
+        total = cell.total + value
+        cell.total = total
+        view, indexes = cell.view, cell.indexes
+        view[indexes[i]] = float(count)
+        view[indexes[n + 1]] = total
+
+    def values(self) -> dict[LabelValues, tuple[list[int], float]]:
+        return {labels: (cell.counts, cell.total) for labels, cell in self.cells.items()}
 
     def samples(self) -> list[str]:
+        """This process's own series."""
+        return self.lines(self.values())
+
+    def lines(self, values: dict[LabelValues, tuple[list[int], float]]) -> list[str]:
         lines = []
-        for labels, cell in sorted(self.cells.items(), key=lambda item: item[0]):
+        for labels, (counts, total) in sorted(values.items(), key=lambda item: item[0]):
             running = 0
-            for bound, count in zip((*self.buckets, float("inf")), cell.counts, strict=True):
+            for bound, count in zip((*self.buckets, float("inf")), counts, strict=True):
                 running += count
                 le = "+Inf" if bound == float("inf") else repr(bound)
                 bucket_labels = _labels(self.label_names, labels, f'le="{le}"')
                 lines.append(f"{self.name}_bucket{bucket_labels} {running}")
-            lines.append(f"{self.name}_sum{_labels(self.label_names, labels)} {_number(cell.total)}")
+            lines.append(f"{self.name}_sum{_labels(self.label_names, labels)} {_number(total)}")
             lines.append(f"{self.name}_count{_labels(self.label_names, labels)} {running}")
         return lines
 
 
 class Metrics:
-    """Every metric Sluice exports."""
+    """Every metric Sluice exports.
 
-    def __init__(self) -> None:
+    ``shared_dir``: the directory every worker of this instance writes its
+    slots to (``SLUICE_METRICS_DIR``, made by ``sluice serve``); None: this
+    process's values alone.
+    """
+
+    def __init__(self, shared_dir: Path | None = None) -> None:
         self.requests = Counter(
             "sluice_requests_total",
             "Requests handled, by provider, status and outcome.",
@@ -221,13 +340,32 @@ class Metrics:
         self.spend_store_errors = Counter(
             "sluice_spend_store_errors_total", "Spend store failures (kept in memory, retried).", ("op",)
         )
+        self.credential_cooldown = Gauge(
+            "sluice_credential_cooldown_until_seconds",
+            "Unix time until which a server-held credential is out of use (0: in use); "
+            "the latest over the live workers.",
+            ("provider", "label"),
+            mode="gauge_livemax",
+        )
+        self.ready = Gauge(
+            "sluice_ready", "1 when /readyz of the worker answering the scrape says ready, else 0.",
+            mode="local",
+        )  # fmt: skip
         self._all = (
             self.requests, self.in_flight, self.ttfb, self.duration, self.tokens,
             self.upstream_errors, self.rate_limited, self.auth_rejections, self.limiter_errors,
             self.failovers, self.key_requests,
             self.sessions_open, self.sessions, self.session_messages, self.session_bytes,
             self.spend, self.unpriced, self.spend_store_errors,
+            self.credential_cooldown, self.ready,
         )  # fmt: skip
+        self.shared_dir = shared_dir
+        if shared_dir is not None:
+            from .metricfiles import WorkerFiles  # not on the request path
+
+            store: SlotStore = WorkerFiles(shared_dir)
+            for metric in self._all:
+                metric.store = store
 
     def request_started(self, ctx: RequestContext) -> str:
         """Count the request in flight; returns the label to end it with.
@@ -284,6 +422,11 @@ class Metrics:
             self.tokens.inc((provider, key, "output"), usage.output_tokens)
 
     def render(self) -> str:
+        """The text for ``/metrics``: every worker's values combined (or this process's alone)."""
+        if self.shared_dir is not None:
+            from .metricfiles import render_shared
+
+            return render_shared(self._all, self.shared_dir)
         out: list[str] = []
         for metric in self._all:
             out.append(f"# HELP {metric.name} {metric.help}")

@@ -140,6 +140,8 @@ class CredentialPool:
         self.cooldown = cooldown
         self.metrics = metrics
         self.clock = clock
+        for cred in self.credentials:  # a series per credential from the start: 0, in use
+            metrics.credential_cooldown.set((self.provider, cred.label), 0.0)
 
     def _refresh_states(self, now: float) -> None:
         for cred in self.credentials:
@@ -163,6 +165,7 @@ class CredentialPool:
     def _set(self, cred: Credential, state: State, seconds: float, reason: str) -> None:
         cred.state, cred.until, cred.reason = state, self.clock() + seconds, reason
         self.metrics.failovers.inc((self.provider, cred.label, reason))
+        self.metrics.credential_cooldown.set((self.provider, cred.label), time.time() + seconds)
 
     def unserved_reason(self, route: Route) -> str:
         """Why no credential of the pool can serve ``route`` (for the client's error)."""
@@ -222,6 +225,7 @@ class CredentialPool:
         for cred in self.credentials:
             if (label is None or cred.label == label) and cred.state != "ok":
                 cred.state, cred.until, cred.reason = "ok", 0.0, ""
+                self.metrics.credential_cooldown.set((self.provider, cred.label), 0.0)
                 changed += 1
         if changed:
             logger.warning("%s credentials reset by an operator: %d", self.provider, changed)

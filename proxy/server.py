@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
+import dataclasses
 import functools
 import gc
 import math
 import resource
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +19,7 @@ from uvicorn.config import LOGGING_CONFIG
 from uvicorn.supervisors import Multiprocess
 
 from .app import create_app
-from .config import Settings
+from .config import ConfigError, Settings
 from .dispatch import SluiceApp
 from .http import server_options, websocket_options
 from .redact import redacting
@@ -107,9 +110,37 @@ def uvicorn_config(settings: Settings) -> uvicorn.Config:
     )
 
 
+def with_metrics_dir(settings: Settings) -> Settings:
+    """The settings with the directory every worker writes its metrics to, made ready.
+
+    Unset, it is a private temporary directory, removed when this process
+    ends: at exit, and on SIGTERM too (one worker's uvicorn ends by raising
+    the signal it caught again, under the handler found at its start: this
+    one, then, rather than the default that would end the process before
+    any clean-up).
+    """
+    from .metricfiles import prepare_dir, remove_dir
+
+    try:
+        path, ours = prepare_dir(settings.metrics_dir)
+    except (OSError, ValueError) as exc:
+        raise ConfigError("SLUICE_METRICS_DIR", str(exc)) from exc
+    if ours:
+        atexit.register(remove_dir, path)
+
+        def handler(signum: int, _frame: object) -> None:
+            remove_dir(path)
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+        signal.signal(signal.SIGTERM, handler)
+    return dataclasses.replace(settings, metrics_dir=path)
+
+
 def serve(settings: Settings, on_listening: Callable[[str], None]) -> None:
     """Serve until SIGINT/SIGTERM. ``on_listening`` gets the base URL once the socket is bound."""
     raise_open_files_limit(2 * settings.pool_size + 1024)
+    settings = with_metrics_dir(settings)  # shared by every worker (proxy/metricfiles.py)
     sock = bind_socket(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host

@@ -57,7 +57,7 @@ class Services:
             limiter = RedisLimiter(settings.redis_url)
         else:
             limiter = MemoryLimiter()
-        metrics = Metrics()
+        metrics = Metrics(settings.metrics_dir)
         pools: dict[str, CredentialPool] = {
             name: CredentialPool(upstream, settings.failover_cooldown, metrics)
             for name, upstream in settings.upstreams.items()
