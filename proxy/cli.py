@@ -24,6 +24,8 @@ from .http import HTTP_MODES
 if TYPE_CHECKING:
     from .keybook import KeyBook
     from .keys import ClientKey
+    from .spend.ledger import KeySpend
+    from .spend.store import SpendStore
 
 EXIT_CONFIG = 2
 
@@ -142,22 +144,27 @@ def _budget_arg(usd: float | None, period: str | None, usd_flag: str, period_fla
     return (usd, period)
 
 
-def _usage(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+def _spend_store(env: Mapping[str, str]) -> SpendStore:
+    """The store the servers record spend in: Redis if configured, else the SQLite ledger."""
     from .services import spend_db_path
-    from .spend.report import report
-    from .spend.store import SpendStore, SqliteStore, StoreUnavailable
+    from .spend.store import SqliteStore
 
     settings = load_settings(env)
-    store: SpendStore
     if settings.redis_url:
         from .spend.redis_store import RedisStore
 
-        store = RedisStore(settings.redis_url)
-    else:
-        path = spend_db_path(settings)
-        if path is None or not path.exists():
-            raise ConfigError("SLUICE_SPEND_DB", f"no spend recorded yet ({path or 'no keys file either'})")
-        store = SqliteStore(path)
+        return RedisStore(settings.redis_url)
+    path = spend_db_path(settings)
+    if path is None or not path.exists():
+        raise ConfigError("SLUICE_SPEND_DB", f"no spend recorded yet ({path or 'no keys file either'})")
+    return SqliteStore(path)
+
+
+def _usage(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from .spend.report import report
+    from .spend.store import StoreUnavailable
+
+    store = _spend_store(env)
     try:
         print(report(store, args.since, args.by, args.json))
     except ValueError as exc:
@@ -239,18 +246,55 @@ def _keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             revoke_key(book, args.name)
             print(f"Key {args.name!r} revoked.", file=sys.stderr)
         else:
-            _print_keys(book.read())
+            _print_keys(book.read(), _spent(env))
     except KeyFileError as exc:
         print(f"sluice keys: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return 0
 
 
-def _print_keys(keys: Mapping[str, ClientKey]) -> None:
+def _spent(env: Mapping[str, str]) -> dict[str, KeySpend] | None:
+    """Every key's recorded spend, or None when there is none to read (yet)."""
+    import asyncio
+
+    from .spend.periods import EPOCH_DAY
+    from .spend.store import StoreUnavailable
+
+    try:
+        store = _spend_store(env)
+    except ConfigError:
+        return None
+
+    async def read() -> dict[str, KeySpend]:
+        try:
+            return await store.read_spend(EPOCH_DAY)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(read())
+    except StoreUnavailable:
+        return None
+
+
+def _budget_text(key: ClientKey, spent: dict[str, KeySpend] | None, now: float) -> str:
+    from .spend.periods import period_start_day
+
+    if key.budget_usd is None or key.budget_period is None:
+        return "-"
+    text = f"${key.budget_usd:g}/{key.budget_period}"
+    if spent is not None:
+        record = spent.get(key.name)
+        nanos = 0 if record is None else record.since(period_start_day(key.budget_period, now))
+        text += f" (${nanos / 1e9:.2f} spent)"
+    return text
+
+
+def _print_keys(keys: Mapping[str, ClientKey], spent: dict[str, KeySpend] | None = None) -> None:
     from .keys import key_status
 
     print(f"{'NAME':<20} {'ID':<14} {'CREATED':<21} {'RPM':>6} {'TPM':>9} {'CONC':>5}", end="")
-    print("  PROVIDERS / MODELS  STATUS")
+    print("  PROVIDERS / MODELS  BUDGET  STATUS")
     now = time.time()
     for key in keys.values():
         lim = key.limits
@@ -264,7 +308,7 @@ def _print_keys(keys: Mapping[str, ClientKey]) -> None:
                 scope += f" ({label} {value})"
         print(
             f"{key.name:<20} {key.id:<14} {key.created:<21} {lim.rpm or '-':>6} {lim.tpm or '-':>9} "
-            f"{lim.concurrency or '-':>5}  {scope}  {key_status(key, now)}"
+            f"{lim.concurrency or '-':>5}  {scope}  {_budget_text(key, spent, now)}  {key_status(key, now)}"
         )
 
 

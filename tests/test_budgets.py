@@ -242,10 +242,16 @@ def test_spend_survives_a_restart(tmp_path: Path, mock: MockHandle, sluice_facto
     assert info.value.code == "insufficient_quota"
 
 
+@pytest.mark.parametrize("kind", ["server", "cluster"])
 def test_two_instances_share_the_spend_through_redis(
-    tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
+    kind: str, tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory, request: pytest.FixtureRequest
 ) -> None:
-    redis = start_redis(tmp_path / "redis")
+    redis: Any
+    if kind == "cluster":  # a real three-master Redis Cluster (tests/redis_cluster.py)
+        redis = request.getfixturevalue("redis_cluster")
+        redis.flush()
+    else:
+        redis = start_redis(tmp_path / "redis")
     try:
         keys, secret = budget_key(tmp_path)
         a = start(sluice_factory, mock, keys, SLUICE_REDIS_URL=redis.url)
@@ -260,8 +266,11 @@ def test_two_instances_share_the_spend_through_redis(
         served = [line for line in access_log(keys) if line["status"] == 200]
         assert (row["key"], row["requests"]) == ("team", len(served))
         assert row["cost_usd"] == pytest.approx(sum(line["cost_usd"] for line in served), abs=1e-8)
+        listed = run_cli("keys", "list", **env)  # the budget, and what the period has spent
+        assert f"$0.01/day (${row['cost_usd']:.2f} spent)" in listed
     finally:
-        redis.stop()
+        if kind == "server":
+            redis.stop()
 
 
 def test_a_budget_set_while_running_applies(

@@ -177,6 +177,9 @@ def test_openai_stream_is_one_server_span_with_a_client_child(traced: Traced, mo
     assert server.attributes["gen_ai.operation.name"] == "chat"
     assert server.attributes["gen_ai.usage.input_tokens"] == usage.prompt_tokens
     assert server.attributes["gen_ai.usage.output_tokens"] == usage.completion_tokens == 6
+    # Priced from the same usage with genai-prices' table (gpt-4o-mini: $0.15 in, $0.60 out per Mtok).
+    expected = (usage.prompt_tokens * 0.15 + usage.completion_tokens * 0.60) / 1e6
+    assert server.attributes["sluice.cost_usd"] == pytest.approx(expected, rel=1e-6)
     (upstream,) = traced.client_spans(server)
     assert_client_span(upstream, server, mock, mock.state.last("/chat/completions").headers)
     # The exports carried the configured headers (and only the collector saw them).

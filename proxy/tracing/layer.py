@@ -122,7 +122,7 @@ class ServerSpans:
     ) -> None:
         route = names.route_template(ctx.path)
         span.update_name(f"{ctx.method} {route}")
-        attributes: dict[str, str | int] = {
+        attributes: dict[str, str | int | float] = {
             names.METHOD: ctx.method,
             names.ROUTE: route,
             names.URL_PATH: ctx.path,
@@ -159,6 +159,8 @@ class ServerSpans:
                 attributes[names.INPUT_TOKENS] = usage.input_tokens
             if usage.output_tokens is not None:
                 attributes[names.OUTPUT_TOKENS] = usage.output_tokens
+        if ctx.cost_usd is not None:
+            attributes[names.COST] = ctx.cost_usd
         if ctx.key_name is not None:
             attributes[names.KEY_NAME] = ctx.key_name
         if ctx.upstream_request_id is not None:

@@ -35,6 +35,7 @@ ERROR_TYPE: Final = "error.type"
 
 # Sluice's own
 REQUEST_ID: Final = "sluice.request.id"
+COST: Final = "sluice.cost_usd"  # the request's price (proxy/spend); no GenAI convention names one yet
 KEY_NAME: Final = "sluice.key.name"  # the client key's name, never its secret
 OUTCOME: Final = "sluice.outcome"
 DETAIL: Final = "sluice.outcome.detail"
