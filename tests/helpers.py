@@ -83,13 +83,16 @@ def assert_paced(
         assert span > window, f"{max_in_window + 1} deltas within {span * 1000:.1f} ms (gaps ms: {gaps_ms})"
 
 
-_dead: dict[int, SluiceProcess] = {}
+# Per factory (one per transport mode). The entry holds the factory itself:
+# keyed by id() alone, a later factory could get a finished one's id and be
+# handed its stopped Sluice (the stock-mode tests once were).
+_dead: dict[int, tuple[SluiceFactory, SluiceProcess]] = {}
 
 
 def dead_upstream_sluice(mock: MockHandle, factory: SluiceFactory) -> SluiceProcess:
-    """A Sluice whose three upstreams point at a closed loopback port (started once per session)."""
-    key = id(factory)
-    if key not in _dead:
+    """A Sluice whose three upstreams point at a closed loopback port (started once per factory)."""
+    cached = _dead.get(id(factory))
+    if cached is None:
         dead = f"http://127.0.0.1:{closed_port()}"
         env = {
             **upstream_env(mock),
@@ -97,5 +100,5 @@ def dead_upstream_sluice(mock: MockHandle, factory: SluiceFactory) -> SluiceProc
             "SLUICE_GEMINI_UPSTREAM": dead,
             "SLUICE_ANTHROPIC_UPSTREAM": dead,
         }
-        _dead[key] = factory(**env)
-    return _dead[key]
+        cached = _dead[id(factory)] = (factory, factory(**env))
+    return cached[1]

@@ -312,8 +312,16 @@ async def test_a_live_stream_and_the_numbers_match_metrics(
         "#credentials tbody tr", "rows => rows.map(r => r.dataset.state)"
     )
     assert states.count("ok") == len(states) == 4  # two OpenAI credentials, one each for the others
-    # No spend metric today: no spend shown.
-    assert not await page.is_visible("#spend-card") and not await page.is_visible("#spend-tile")
+    # Every request is priced (proxy/spend): the spend per key is /metrics' sum over models.
+    assert await page.is_visible("#spend-card") and await page.is_visible("#spend-tile")
+    spend = await page.eval_on_selector_all(
+        "#spend-table tbody tr", "rows => rows.map(r => [r.dataset.key, r.cells[3].dataset.value])"
+    )
+    shown: dict[str, float] = {}
+    for k, v in spend:  # a row per key and model
+        shown[k] = shown.get(k, 0.0) + float(v)
+    expected = {k: total(metrics, "sluice_spend_usd_total", key=k) for k in shown}
+    assert shown and shown == pytest.approx(expected, rel=1e-9), (shown, expected)
     assert page.js_errors == []
 
 
