@@ -157,12 +157,7 @@ def read_oauth_file(path: Path, where: str) -> dict[str, Any]:
     (``client_id``, ``client_secret``), the second relies on the tool's own.
     Read at start, so a wrong path fails the start, not the first request.
     """
-    try:
-        info = json.loads(path.read_text())
-    except OSError as exc:
-        raise CredentialError(f"{where}: cannot read {path}: {exc.strerror}") from None
-    except ValueError:
-        raise CredentialError(f"{where}: {path} is not JSON") from None
+    info = _read_json(path, where)
     if not isinstance(info, dict) or not isinstance(info.get("refresh_token"), str):
         raise CredentialError(f"{where}: {path} has no refresh_token (not an OAuth credentials file)")
     if ("client_id" in info) != ("client_secret" in info):
@@ -170,14 +165,18 @@ def read_oauth_file(path: Path, where: str) -> dict[str, Any]:
     return info
 
 
-def read_service_account(path: Path, where: str) -> dict[str, Any]:
-    """Check the key file at start, so a typo fails the start, not the first request."""
+def _read_json(path: Path, where: str) -> Any:
     try:
-        info = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except OSError as exc:
         raise CredentialError(f"{where}: cannot read {path}: {exc.strerror}") from None
     except ValueError:
         raise CredentialError(f"{where}: {path} is not JSON") from None
+
+
+def read_service_account(path: Path, where: str) -> dict[str, Any]:
+    """Check the key file at start, so a typo fails the start, not the first request."""
+    info = _read_json(path, where)
     missing = [k for k in ("client_email", "private_key", "token_uri") if not isinstance(info.get(k), str)]
     if not isinstance(info, dict) or info.get("type") != "service_account" or missing:
         raise CredentialError(f"{where}: {path} is not a service-account key file (missing: {missing})")

@@ -28,9 +28,8 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from .keys import ClientKey, KeyFileError, KeyStore, parse_entry, to_entry
+from .redisconn import ERRORS as _ERRORS
 from .redisconn import connect, connect_sync
 
 logger = logging.getLogger("sluice.keys")
@@ -40,7 +39,6 @@ VERSION = "sluice:{keys}:version"
 LOCK = "sluice:{keys}:lock"
 LOCK_TTL_MS = 10_000
 POLL_INTERVAL = 0.5
-_ERRORS = (RedisError, ConnectionError, TimeoutError, OSError)
 _LOG_EVERY = 10.0
 
 # Writes the changed records only while the caller still holds the lock, and

@@ -16,6 +16,7 @@ error, so a restarted or failed-over master is found again on a later call.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,11 +26,17 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 from redis.retry import Retry as SyncRetry
 
 # A Redis client of either kind: both offer the commands and scripts Sluice uses.
 AnyRedis = Redis | RedisCluster
 AnySyncRedis = redis.Redis | redis.cluster.RedisCluster
+
+
+# Everything a broken or slow Redis can raise at us: redis-py's own errors,
+# and the builtins for sockets and asyncio.timeout.
+ERRORS = (RedisError, ConnectionError, TimeoutError, OSError)
 
 
 def is_cluster(url: str) -> bool:
@@ -59,3 +66,12 @@ def connect_sync(url: str, *, op_timeout: float = 5.0) -> AnySyncRedis:
     if is_cluster(url):
         return redis.cluster.RedisCluster.from_url(url.replace("+cluster", "", 1), **timeouts)
     return redis.Redis.from_url(url, retry=SyncRetry(NoBackoff(), 0), **timeouts)
+
+
+async def ping(client: AnyRedis, within: float) -> bool:
+    """Whether Redis answers within ``within`` seconds (never raises)."""
+    try:
+        async with asyncio.timeout(within):
+            return bool(await client.ping())
+    except ERRORS:
+        return False

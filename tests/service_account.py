@@ -54,3 +54,33 @@ def make_service_account(mock: MockHandle, directory: Path, email: str = DEFAULT
     path.chmod(0o600)  # O_CREAT's mode does not apply to an existing file
     mock.state.add_service_account(email, public_pem)
     return path
+
+
+def vertex_config(
+    mock: MockHandle,
+    directory: Path,
+    *,
+    endpoint: str | None = None,
+    location: str = "us-central1",
+    with_api_key: bool = True,
+) -> Path:
+    """A ``SLUICE_CONFIG`` file whose Gemini pool is a Vertex service account (the mock's token
+    endpoint; requests to ``endpoint``, the mock by default), then the API key of ``GEMINI_API_KEY``."""
+    config = directory / "sluice.toml"
+    text = f"""
+[[providers.gemini.credentials]]
+label = "vertex"
+type = "vertex"
+service_account_file = "{make_service_account(mock, directory)}"
+location = "{location}"
+endpoint = "{endpoint or mock.url}"
+"""
+    if with_api_key:
+        text += """
+[[providers.gemini.credentials]]
+label = "studio"
+type = "api_key"
+api_key_env = "GEMINI_API_KEY"
+"""
+    config.write_text(text)
+    return config

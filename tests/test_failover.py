@@ -15,7 +15,7 @@ from google.genai import types as genai_types
 
 from proxy.mock import MockHandle, mock_tokens
 from tests.conftest import SluiceFactory, SluiceProcess, upstream_env
-from tests.service_account import make_service_account
+from tests.service_account import vertex_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -203,27 +203,6 @@ def test_connection_failures_are_retried_with_backoff(
 # --- Vertex AI ------------------------------------------------------------------
 
 
-def _vertex_config(tmp_path: Path, mock: MockHandle, location: str = "us-central1") -> Path:
-    key_file = make_service_account(mock, tmp_path)
-    config = tmp_path / "sluice.toml"
-    config.write_text(
-        f"""
-[[providers.gemini.credentials]]
-label = "vertex"
-type = "vertex"
-service_account_file = "{key_file}"
-location = "{location}"
-endpoint = "{mock.url}"
-
-[[providers.gemini.credentials]]
-label = "studio"
-type = "api_key"
-api_key_env = "GEMINI_API_KEY"
-"""
-    )
-    return config
-
-
 def _gemini(sluice: SluiceProcess, **kwargs: object) -> genai.Client:
     options = genai_types.HttpOptions(
         base_url=sluice.url, retry_options=genai_types.HttpRetryOptions(attempts=1)
@@ -240,7 +219,7 @@ def _streamed(client: genai.Client) -> str:
 def test_gemini_requests_are_served_by_vertex_with_a_service_account(
     tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
 ) -> None:
-    sluice = sluice_factory(**upstream_env(mock), SLUICE_CONFIG=str(_vertex_config(tmp_path, mock)))
+    sluice = sluice_factory(**upstream_env(mock), SLUICE_CONFIG=str(vertex_config(mock, tmp_path)))
     client = _gemini(sluice)
     for _ in range(3):
         assert _streamed(client) == "".join(mock_tokens(12))
@@ -261,7 +240,7 @@ def _credentials_of(sluice: SluiceProcess, provider: str) -> dict[str, dict[str,
 def test_the_google_genai_sdk_in_vertex_mode_works_through_sluice(
     tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
 ) -> None:
-    sluice = sluice_factory(**upstream_env(mock), SLUICE_CONFIG=str(_vertex_config(tmp_path, mock)))
+    sluice = sluice_factory(**upstream_env(mock), SLUICE_CONFIG=str(vertex_config(mock, tmp_path)))
     vertex_client = _gemini(sluice, vertexai=True)  # express mode: /v1beta1/publishers/google/models/...
     assert _streamed(vertex_client) == "".join(mock_tokens(12))
     record = mock.state.last(":streamGenerateContent")
@@ -284,7 +263,7 @@ def test_a_refusing_token_endpoint_fails_over_to_the_api_key(
     tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
 ) -> None:
     mock.state.token_endpoint_status = 400
-    sluice = sluice_factory(**upstream_env(mock), SLUICE_CONFIG=str(_vertex_config(tmp_path, mock)))
+    sluice = sluice_factory(**upstream_env(mock), SLUICE_CONFIG=str(vertex_config(mock, tmp_path)))
     assert _streamed(_gemini(sluice)) == "".join(mock_tokens(12))
     record = mock.state.last(":streamGenerateContent")
     assert record.path == "/v1/models/gemini-x:streamGenerateContent"  # the Gemini API, with the key
@@ -295,7 +274,7 @@ def test_a_refusing_token_endpoint_fails_over_to_the_api_key(
 def test_vertex_refusing_the_token_fails_over_to_the_api_key(
     tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
 ) -> None:
-    sluice = sluice_factory(**upstream_env(mock), SLUICE_CONFIG=str(_vertex_config(tmp_path, mock)))
+    sluice = sluice_factory(**upstream_env(mock), SLUICE_CONFIG=str(vertex_config(mock, tmp_path)))
     client = _gemini(sluice)
     assert _streamed(client) == "".join(mock_tokens(12))  # via Vertex; now revoke the token there
     token = mock.state.last(":streamGenerateContent").headers["authorization"].removeprefix("Bearer ")
@@ -309,7 +288,7 @@ def test_vertex_refusing_the_token_fails_over_to_the_api_key(
 def test_a_vertex_only_pool_refuses_paths_vertex_cannot_serve(
     tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
 ) -> None:
-    config = _vertex_config(tmp_path, mock)
+    config = vertex_config(mock, tmp_path)
     config.write_text(config.read_text().split('[[providers.gemini.credentials]]\nlabel = "studio"')[0])
     sluice = sluice_factory(**{**upstream_env(mock), "GEMINI_API_KEY": ""}, SLUICE_CONFIG=str(config))
     response = httpx.get(f"{sluice.url}/v1beta/files", headers={"x-goog-api-key": "client"})
@@ -322,7 +301,7 @@ def test_a_vertex_only_pool_serves_the_chat_api(
     tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
 ) -> None:
     """Regression: the chat API took "no API key" for "no credential" and refused a Vertex-only pool."""
-    config = _vertex_config(tmp_path, mock)
+    config = vertex_config(mock, tmp_path)
     config.write_text(config.read_text().split('[[providers.gemini.credentials]]\nlabel = "studio"')[0])
     sluice = sluice_factory(**{**upstream_env(mock), "GEMINI_API_KEY": ""}, SLUICE_CONFIG=str(config))
     assert "gemini    → " in sluice.log() and "(1 credential)" in sluice.log()
@@ -349,7 +328,7 @@ def test_a_vertex_only_configuration_is_not_taken_for_no_configuration(
     tmp_path: Path, mock: MockHandle, sluice_factory: SluiceFactory
 ) -> None:
     """Regression: `make run` (--mock-if-unconfigured) looked only for API keys and fell back to the mock."""
-    config = _vertex_config(tmp_path, mock)
+    config = vertex_config(mock, tmp_path)
     config.write_text(config.read_text().split('[[providers.gemini.credentials]]\nlabel = "studio"')[0])
     sluice = sluice_factory("--mock-if-unconfigured", SLUICE_CONFIG=str(config))
     assert "built-in mock" not in sluice.log()

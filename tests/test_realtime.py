@@ -30,7 +30,7 @@ from proxy.mock import MockHandle
 from tests.accesslog import read_lines, wait_for_line
 from tests.conftest import CANARIES, CANARY_KEYS, SluiceFactory, SluiceProcess
 from tests.procfs import status_kib
-from tests.service_account import make_service_account
+from tests.service_account import vertex_config
 from tests.ws_upstream import (
     BIG,
     CHUNK,
@@ -495,23 +495,7 @@ async def test_sigterm_drains_sessions_then_closes_them_with_1001(
 async def test_the_vertex_form_is_served_by_a_vertex_service_account(
     upstream: WsUpstream, mock: MockHandle, sluice_factory: SluiceFactory, tmp_path: Path
 ) -> None:
-    key_file = make_service_account(mock, tmp_path)  # its token_uri is the mock's
-    config = tmp_path / "sluice.toml"
-    config.write_text(
-        f"""
-[[providers.gemini.credentials]]
-label = "vertex"
-type = "vertex"
-service_account_file = "{key_file}"
-location = "us-central1"
-endpoint = "{upstream.url}"
-
-[[providers.gemini.credentials]]
-label = "studio"
-type = "api_key"
-api_key_env = "GEMINI_API_KEY"
-"""
-    )
+    config = vertex_config(mock, tmp_path, endpoint=upstream.url)  # its token_uri is the mock's
     sluice = sluice_factory(**CANARY_KEYS, SLUICE_GEMINI_UPSTREAM=upstream.url, SLUICE_CONFIG=str(config))
     ws_url = sluice.url.replace("http", "ws")
     model = "projects/mock-project/locations/us-central1/publishers/google/models/gemini-echo"

@@ -19,7 +19,7 @@ from google.genai import types as genai_types
 from proxy.mock import MockHandle, mock_tokens
 from tests.conftest import CANARY_KEYS, CLIENT_KEY, SluiceFactory
 from tests.realtime_clients import GUARD, gemini_session, tls_files
-from tests.service_account import make_service_account
+from tests.service_account import vertex_config
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -28,17 +28,7 @@ async def test_vertex_live_through_sluice_with_a_service_account(
     mock: MockHandle, sluice_factory: SluiceFactory, tmp_path: Path
 ) -> None:
     tls = tls_files(tmp_path)
-    config = tmp_path / "sluice.toml"
-    config.write_text(
-        f"""
-[[providers.gemini.credentials]]
-label = "vertex"
-type = "vertex"
-service_account_file = "{make_service_account(mock, tmp_path)}"
-location = "us-central1"
-endpoint = "{mock.url}"
-"""
-    )
+    config = vertex_config(mock, tmp_path, with_api_key=False)
     sluice = sluice_factory(
         "--ssl-certfile",
         str(tls.chain),

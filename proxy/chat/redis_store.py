@@ -28,9 +28,9 @@ import logging
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
+from ..redisconn import ERRORS as _ERRORS
 from ..redisconn import connect
 from .events import ChatEvent
 from .store import CancelCallback, EventsExpired, GenerationGone, GenerationMeta, StoreUnavailable
@@ -39,7 +39,6 @@ logger = logging.getLogger("sluice.chat")
 
 CHANNEL = "sluice:chat:cancel"
 RUNNING_TTL = 60.0  # seconds a running generation's keys outlive the last renewal
-_ERRORS = (RedisError, ConnectionError, TimeoutError, OSError)
 _READ_COUNT = 1000
 T = TypeVar("T")
 

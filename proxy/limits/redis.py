@@ -27,19 +27,15 @@ import logging
 import time
 
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 
-from ..redisconn import connect
+from ..redisconn import ERRORS as _ERRORS
+from ..redisconn import connect, ping
 from ._lua import ADMIT_LUA, CHARGE_LUA, REFRESH_LUA
 from .base import WINDOW_SECONDS, Decision, LimiterUnavailable, Limits
 from .memory import compose_decision
 
 logger = logging.getLogger("sluice.limits")
 
-# Everything a broken or slow Redis can raise at us. redis-py's own
-# ConnectionError/TimeoutError are RedisErrors; the builtins cover sockets
-# and asyncio.timeout.
-_ERRORS = (RedisError, ConnectionError, TimeoutError, OSError)
 _LOG_EVERY = 10.0  # seconds between two warnings of the same kind
 
 
@@ -148,11 +144,7 @@ class RedisLimiter:
             self._failed("charge", exc)
 
     async def ping(self) -> bool:
-        try:
-            async with asyncio.timeout(self._op_timeout):
-                return bool(await self._redis.ping())
-        except _ERRORS:
-            return False
+        return await ping(self._redis, self._op_timeout)
 
     async def close(self) -> None:
         # Leases still held are not released: their requests are being torn

@@ -17,13 +17,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from redis.exceptions import RedisError
-
-from ..redisconn import connect
+from ..redisconn import ERRORS as _ERRORS
+from ..redisconn import connect, ping
 from .ledger import TALLY_FIELDS, KeySpend, Row, Tally, by_key_spend
 from .store import StoreUnavailable
-
-_ERRORS = (RedisError, ConnectionError, TimeoutError, OSError)
 
 # KEYS: spend hash, ledger hash. ARGV: the number of (day, nanos) pairs, the
 # pairs, then (ledger field, amount) pairs. Atomic: all of a key's batch or none.
@@ -132,11 +129,7 @@ class RedisStore:
         return list(rows.items())
 
     async def ping(self) -> bool:
-        try:
-            async with asyncio.timeout(self._op_timeout):
-                return bool(await self._redis.ping())
-        except _ERRORS:
-            return False
+        return await ping(self._redis, self._op_timeout)
 
     async def close(self) -> None:
         await self._redis.aclose()
