@@ -214,7 +214,9 @@ async def _ws_calls(ws_url: str, key: str) -> list[str]:
             (path, {}, ["realtime", f"openai-insecure-api-key.{key}", "openai-beta.realtime-v1"]),
         ]
         for target, headers, protocols in tries:
-            got = await handshake(f"{ws_url}{target}", headers=headers, subprotocols=protocols)
+            # Only the handshake matters here (its log lines): a session that opens is not
+            # waited on (a Gemini one would wait for its setup message, or its refusal for it).
+            got = await handshake(f"{ws_url}{target}", headers=headers, subprotocols=protocols, wait=0.3)
             outcomes.append(got.outcome)
     return outcomes
 

@@ -34,8 +34,10 @@ async def handshake(
     headers: dict[str, str] | None = None,
     subprotocols: list[str] | None = None,
     timeout: float = 15.0,
+    wait: float | None = None,
 ) -> Handshake:
-    """Open ``url`` (``ws://`` or ``wss://``), wait up to ``timeout`` for a close, report what happened."""
+    """Open ``url`` (``ws://`` or ``wss://``), wait up to ``timeout`` (or ``wait``, once open) for a
+    first message or a close, and report what happened."""
     try:
         async with asyncio.timeout(timeout + 5):
             async with connect(
@@ -50,7 +52,7 @@ async def handshake(
                 assert response is not None
                 accepted = {k.lower(): v for k, v in response.headers.raw_items()}
                 try:
-                    await asyncio.wait_for(ws.recv(), timeout)
+                    await asyncio.wait_for(ws.recv(), timeout if wait is None else wait)
                 except ConnectionClosed as exc:
                     frame = exc.rcvd
                     return Handshake(
