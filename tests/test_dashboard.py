@@ -32,7 +32,7 @@ from proxy.mock import MockHandle
 from tests.conftest import CANARY_KEYS, ROOT, SluiceFactory, SluiceProcess, upstream_env
 from tests.nginx_server import free_port, start_nginx
 from tests.test_deploy import adapt_nginx_conf, make_certificate
-from tests.test_playground import CHROMIUM, LAUNCH_ARGS, _require_chromium
+from tests.test_playground import CHROMIUM, LAUNCH_ARGS, _require_chromium, wait_state
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -169,16 +169,6 @@ async def sign_in(page: Any, token: str) -> str:
     await page.fill("#token", token)
     await page.click("#open")
     return await wait_state(page, "live", "refused")
-
-
-async def wait_state(page: Any, *states: str, timeout: float = 20.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        state = await page.evaluate("document.body.dataset.state")
-        if state in states:
-            return str(state)
-        assert time.monotonic() < deadline, f"page stayed {state!r}, wanted {states}"
-        await asyncio.sleep(0.05)
 
 
 async def refresh(page: Any) -> None:
